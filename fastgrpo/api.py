@@ -1,0 +1,121 @@
+"""Public functional API: ``linear_logprobs``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal, NamedTuple
+
+import torch
+
+from .autograd import LinearLogProbsFunction
+from .checks import check_linear_logprobs_inputs, compute_dtype_for
+from .options import LogProbOptions
+
+logger = logging.getLogger("fastgrpo")
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS = ("auto", "triton", "torch")
+_warned: set[str] = set()
+
+
+class LogProbs(NamedTuple):
+    """fp32 log-prob of each target and (when asked) the entropy of each row; both 0 at ``ignore_index``."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor | None
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` to "triton" or "torch" for tensors on ``device``, or raise a ValueError saying why not."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    gpu = device.type in ("cuda", "xpu")
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        if not _triton_importable():
+            raise ValueError("backend='triton' needs the triton package, which is not importable")
+        if not gpu and not triton_interpreter_enabled():
+            raise ValueError(
+                f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 set before triton is imported; "
+                "use backend='torch' or 'auto' on CPU"
+            )
+        return "triton"
+    if gpu or (device.type == "cpu" and triton_interpreter_enabled()):
+        if _triton_importable():
+            return "triton"
+        warn_once("no-triton", "fastgrpo: triton is not importable; using the slower chunked torch path")
+    return "torch"
+
+
+def linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+    backend: Backend = "auto",
+) -> LogProbs:
+    """Log-probabilities of ``targets`` under ``softmax(z)``, ``z`` the lm_head logits, without materializing them.
+
+    Equivalent torch (materializing ``[..., V]``)::
+
+        y = hidden @ weight.T + bias
+        z = softcap * tanh(logit_scale * y / softcap) / temperature   # no tanh when softcap is None
+        logp = z.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+        entropy = -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
+        # both fp32, and 0 where targets == ignore_index
+
+    Args:
+        hidden: ``[..., H]`` float32 / bfloat16 / float16.
+        weight: ``[V, H]`` lm_head weight.
+        targets: integer tensor of shape ``hidden.shape[:-1]``, values in ``[0, V)`` or ``ignore_index``.
+        bias: ``[V]`` or None.
+        backend: "triton" (GPU, or CPU under TRITON_INTERPRET=1), "torch" (chunked pure torch), or "auto".
+
+    Differentiable with respect to hidden, weight and bias; gradients are computed only for inputs that require
+    them, and a frozen head (weight and bias not requiring grad) costs no backward matmul for ``logp``.
+    """
+    opts = LogProbOptions(
+        temperature=temperature, logit_scale=logit_scale, softcap=softcap, ignore_index=ignore_index,
+        return_entropy=return_entropy,
+    )
+    # Data-dependent range check needs a host sync; under torch.compile it would break the graph.
+    check_linear_logprobs_inputs(
+        hidden, weight, targets, bias, ignore_index, check_target_range=not torch.compiler.is_compiling()
+    )
+    impl = resolve_backend(backend, hidden.device)
+    compute_dtype = compute_dtype_for(hidden, weight)
+    lead = hidden.shape[:-1]
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    frozen_head = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    accumulate_softmax_w = torch.is_grad_enabled() and hidden.requires_grad and frozen_head
+    logp, entropy = LinearLogProbsFunction.apply(
+        flat_hidden, weight, bias, flat_targets, opts, compute_dtype, impl, accumulate_softmax_w
+    )
+    return LogProbs(logp.view(lead), entropy.view(lead) if return_entropy else None)

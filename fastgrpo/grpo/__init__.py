@@ -1,0 +1,1 @@
+"""GRPO loss (issue 3)."""

@@ -1,0 +1,1 @@
+"""trl integration (issue 4)."""
