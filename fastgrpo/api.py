@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Literal, NamedTuple
 
 import torch
 
+from ._log import log_once
 from .autograd import LinearLogProbsFunction
 from .checks import check_linear_logprobs_inputs, compute_dtype_for
 from .options import LogProbOptions
 
-logger = logging.getLogger("fastgrpo")
-
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
-_warned: set[str] = set()
 
 
 class LogProbs(NamedTuple):
@@ -24,12 +21,6 @@ class LogProbs(NamedTuple):
 
     logp: torch.Tensor
     entropy: torch.Tensor | None
-
-
-def warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(message)
 
 
 def triton_interpreter_enabled() -> bool:
@@ -63,7 +54,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if gpu or (device.type == "cpu" and triton_interpreter_enabled()):
         if _triton_importable():
             return "triton"
-        warn_once("no-triton", "fastgrpo: triton is not importable; using the slower chunked torch path")
+        log_once("no-triton", "fastgrpo: triton is not importable; using the slower chunked torch path")
     return "torch"
 
 
@@ -101,7 +92,10 @@ def linear_logprobs(
     them, and a frozen head (weight and bias not requiring grad) costs no backward matmul for ``logp``.
     """
     opts = LogProbOptions(
-        temperature=temperature, logit_scale=logit_scale, softcap=softcap, ignore_index=ignore_index,
+        temperature=temperature,
+        logit_scale=logit_scale,
+        softcap=softcap,
+        ignore_index=ignore_index,
         return_entropy=return_entropy,
     )
     # Data-dependent range check needs a host sync; under torch.compile it would break the graph.

@@ -12,13 +12,32 @@ class LinearLogProbsFunction(torch.autograd.Function):
     """(hidden [N, H], weight [V, H], bias [V] | None, targets [N]) -> (logp [N], entropy [N] or empty)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, opts: LogProbOptions, compute_dtype, backend: str,
-                accumulate_softmax_w: bool):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        targets,
+        opts: LogProbOptions,
+        compute_dtype,
+        backend: str,
+        accumulate_softmax_w: bool,
+    ):
         # Entropy is often returned for logging only: keep its incoming gradient None rather than zeros.
         ctx.set_materialize_grads(False)
         logp, entropy, lse, softmax_w, target_scale = linear_logprobs_fwd(
-            hidden, weight, bias, targets, opts.temperature, opts.logit_scale, opts.softcap, opts.ignore_index,
-            opts.return_entropy, accumulate_softmax_w, compute_dtype, backend,
+            hidden,
+            weight,
+            bias,
+            targets,
+            opts.temperature,
+            opts.logit_scale,
+            opts.softcap,
+            opts.ignore_index,
+            opts.return_entropy,
+            accumulate_softmax_w,
+            compute_dtype,
+            backend,
         )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale)
         ctx.opts, ctx.compute_dtype, ctx.backend = opts, compute_dtype, backend
@@ -35,11 +54,33 @@ class LinearLogProbsFunction(torch.autograd.Function):
             grad_entropy = None
         opts = ctx.opts
         gx, gw, gb = linear_logprobs_bwd(
-            hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale,
+            hidden,
+            weight,
+            bias,
+            targets,
+            lse,
+            entropy,
+            softmax_w,
+            target_scale,
             None if grad_logp is None else grad_logp.contiguous(),
             None if grad_entropy is None else grad_entropy.contiguous(),
-            opts.temperature, opts.logit_scale, opts.softcap, opts.ignore_index, ctx.compute_dtype, ctx.backend,
-            need_x, need_w, need_b and bias is not None,
+            opts.temperature,
+            opts.logit_scale,
+            opts.softcap,
+            opts.ignore_index,
+            ctx.compute_dtype,
+            ctx.backend,
+            need_x,
+            need_w,
+            need_b and bias is not None,
         )
-        return (gx if need_x else None, gw if need_w else None, gb if need_b and bias is not None else None,
-                None, None, None, None, None)
+        return (
+            gx if need_x else None,
+            gw if need_w else None,
+            gb if need_b and bias is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -74,6 +74,4 @@ def check_linear_logprobs_inputs(
         bad = valid & ((targets < 0) | (targets >= vocab))
         if bool(bad.any()):
             first = targets[bad][0].item()
-            raise ValueError(
-                f"targets must be in [0, V={vocab}) or ignore_index={ignore_index}; found {first}"
-            )
+            raise ValueError(f"targets must be in [0, V={vocab}) or ignore_index={ignore_index}; found {first}")

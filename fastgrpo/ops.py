@@ -44,8 +44,20 @@ def linear_logprobs_fwd(
 
 
 @linear_logprobs_fwd.register_fake
-def _(hidden, weight, bias, targets, temperature, logit_scale, softcap, ignore_index, return_entropy,
-      accumulate_softmax_w, compute_dtype, backend):
+def _(
+    hidden,
+    weight,
+    bias,
+    targets,
+    temperature,
+    logit_scale,
+    softcap,
+    ignore_index,
+    return_entropy,
+    accumulate_softmax_w,
+    compute_dtype,
+    backend,
+):
     n, h = hidden.shape
     f = lambda *shape: hidden.new_empty(shape, dtype=torch.float32)  # noqa: E731
     return (
@@ -81,8 +93,19 @@ def linear_logprobs_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     opts = _opts(temperature, logit_scale, softcap, ignore_index, entropy.numel() > 0)
     gx, gw, gb = _impl(backend).backward(
-        hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale, grad_logp, grad_entropy, opts,
-        compute_dtype, (needs_hidden_grad, needs_weight_grad, needs_bias_grad),
+        hidden,
+        weight,
+        bias,
+        targets,
+        lse,
+        entropy,
+        softmax_w,
+        target_scale,
+        grad_logp,
+        grad_entropy,
+        opts,
+        compute_dtype,
+        (needs_hidden_grad, needs_weight_grad, needs_bias_grad),
     )
     # Custom ops cannot return None: an empty tensor stands for "no gradient".
     # Each placeholder is its own tensor: custom op outputs may not alias one another.
@@ -90,9 +113,27 @@ def linear_logprobs_bwd(
 
 
 @linear_logprobs_bwd.register_fake
-def _(hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale, grad_logp, grad_entropy, temperature,
-      logit_scale, softcap, ignore_index, compute_dtype, backend, needs_hidden_grad, needs_weight_grad,
-      needs_bias_grad):
+def _(
+    hidden,
+    weight,
+    bias,
+    targets,
+    lse,
+    entropy,
+    softmax_w,
+    target_scale,
+    grad_logp,
+    grad_entropy,
+    temperature,
+    logit_scale,
+    softcap,
+    ignore_index,
+    compute_dtype,
+    backend,
+    needs_hidden_grad,
+    needs_weight_grad,
+    needs_bias_grad,
+):
     return (
         torch.empty_like(hidden) if needs_hidden_grad else hidden.new_empty(0),
         torch.empty_like(weight) if needs_weight_grad else hidden.new_empty(0),

@@ -23,7 +23,7 @@ def reference_linear_logprobs(
     weight: torch.Tensor,
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
-    opts: LogProbOptions = LogProbOptions(),
+    opts: LogProbOptions | None = None,
     dtype: torch.dtype | None = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target and entropy of each row, from materialized logits.
@@ -32,6 +32,7 @@ def reference_linear_logprobs(
     what eager torch does, used to set bf16 tolerances). Returns ``(logp, entropy)`` in that dtype, zero where the
     target is ``ignore_index``. Differentiable through autograd.
     """
+    opts = opts or LogProbOptions()
     if dtype is not None:
         hidden, weight = hidden.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)

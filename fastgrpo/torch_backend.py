@@ -9,8 +9,11 @@ is O(tile) instead of O(N * V). Forward per row: online logsumexp over vocabular
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from ._log import log_once
 from .options import LogProbOptions
 
 # Elements of one [tokens, vocab] fp32 tile: ~16 MB, with ~4 live temporaries of that size.
@@ -141,18 +144,11 @@ def backward(
     g_l = None if grad_logp is None else grad_logp.to(acc) * valid
     g_h = None if grad_entropy is None else grad_entropy.to(acc) * valid
 
-    if softmax_w.numel() and g_h is None and not need_w and not need_b:
-        # Frozen head: d logp_t / dx = a_t * W_t - sum_v p_v a_v W_v, the sum accumulated by the forward.
-        if not need_x or g_l is None:
-            return (torch.zeros_like(hidden) if need_x else None), None, None
-        safe = torch.where(targets != opts.ignore_index, targets, torch.zeros_like(targets)).long()
-        w_t = weight.index_select(0, safe).to(acc)
-        gx = (target_scale[:, None] * w_t - softmax_w).mul_(g_l[:, None])
-        return gx.to(hidden.dtype), None, None
-
+    if uses_softmax_w(softmax_w, g_h, need_w, need_b):
+        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, need_x)
+    note_recompute(softmax_w)
     if g_l is None and g_h is None:
-        zero = lambda t, need: torch.zeros_like(t) if need else None  # noqa: E731
-        return zero(hidden, need_x), zero(weight, need_w), zero(bias, need_b) if bias is not None else None
+        return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
 
     token_chunk, vocab_chunk = _chunks(n_tok, vocab)
     # fp32 accumulators; with fp32 inputs they are the returned gradients themselves.
@@ -193,3 +189,45 @@ def backward(
         if gb is not None:
             grad_b[c0:c1] = gb
     return (None if grad_x is None else grad_x.to(hidden.dtype)), grad_w, grad_b
+
+
+def uses_softmax_w(softmax_w: torch.Tensor, g_h: torch.Tensor | None, need_w: bool, need_b: bool) -> bool:
+    """The forward's frozen-head sum serves the backward when only d/dhidden of logp is needed."""
+    return softmax_w.numel() > 0 and g_h is None and not need_w and not need_b
+
+
+def softmax_w_backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    softmax_w: torch.Tensor,  # [N, H] sum_v p_v (dz/dy)_v W_v
+    target_scale: torch.Tensor,  # [N] (dz/dy) at the target
+    g_l: torch.Tensor | None,  # [N], 0 at ignored rows
+    opts: LogProbOptions,
+    need_x: bool,
+) -> tuple[torch.Tensor | None, None, None]:
+    """Frozen head: d logp_t / dx = a_t * W_t - sum_v p_v a_v W_v, with no recompute (landscape notes, section 3)."""
+    if not need_x:
+        return None, None, None
+    if g_l is None:
+        return torch.zeros_like(hidden), None, None
+    safe = torch.where(targets != opts.ignore_index, targets, torch.zeros_like(targets)).long()
+    w_t = weight.index_select(0, safe).to(softmax_w.dtype)
+    gx = (target_scale[:, None] * w_t - softmax_w).mul_(g_l[:, None].to(softmax_w.dtype))
+    return gx.to(hidden.dtype), None, None
+
+
+def note_recompute(softmax_w: torch.Tensor) -> None:
+    if softmax_w.numel():
+        log_once(
+            "frozen-head-recompute",
+            "fastgrpo: an entropy gradient reached a frozen head; recomputing the logits for it (slower, exact)",
+            logging.INFO,
+        )
+
+
+def zero_grads(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, need_x: bool, need_w: bool, need_b: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    zero = lambda t, need: torch.zeros_like(t) if need and t is not None else None  # noqa: E731
+    return zero(hidden, need_x), zero(weight, need_w), zero(bias, need_b)

@@ -1,0 +1,128 @@
+"""Non-tensor options of the GRPO loss, carried as one frozen dataclass whose names mirror trl's ``GRPOConfig``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+# How each loss type turns the masked per-token losses into a scalar (trl's ``_compute_loss``).
+PER_ROW_MEAN_LOSSES = ("grpo", "sapo")  # per-row masked mean, then batch mean, / gradient_accumulation_steps
+NUM_ITEMS_LOSSES = ("dapo", "cispo", "vespo")  # sum / (num_items_in_batch / num_processes * gas / spg)
+PPO_CLIP_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # min(r * A, clip(r) * A), clip-ratio metrics
+
+
+def _check_number(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a float or None" if allow_none else "a float"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class GRPOLossOptions:
+    """Every non-tensor option of :func:`fastgrpo.grpo_loss`; defaults are trl's ``GRPOConfig`` defaults.
+
+    Exceptions: ``max_completion_length`` has no default (only ``dr_grpo`` reads it and it must match the trainer's),
+    and ``steps_per_generation=None`` means ``gradient_accumulation_steps``, as trl resolves it. ``entropy_coef`` is the
+    coefficient applied this step (trl's adaptive controller, if used, is the caller's business). For an evaluation
+    step pass ``gradient_accumulation_steps=1`` and ``steps_per_generation=1`` (trl's eval mode).
+    """
+
+    loss_type: str = "dapo"
+    importance_sampling_level: str = "token"
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    delta: float | None = None
+    use_bias_correction_kl: bool = True
+    max_completion_length: int | None = None
+    off_policy_mask_threshold: float | None = None
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    entropy_coef: float = 0.0
+    gradient_accumulation_steps: int = 1
+    steps_per_generation: int | None = None
+    num_processes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(
+                f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
+                f"got {self.importance_sampling_level!r}"
+            )
+        if self.loss_type == "cispo" and self.importance_sampling_level == "sequence":
+            raise ValueError(
+                "loss_type='cispo' clips token-level ratios and is not defined with importance_sampling_level="
+                "'sequence'; use importance_sampling_level='token', or a loss_type in "
+                f"{tuple(t for t in LOSS_TYPES if t != 'cispo')} for sequence-level (GSPO) ratios"
+            )
+        for name in (
+            "beta", "epsilon", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos",
+            "vespo_k_neg", "vespo_lambda_neg", "entropy_coef",
+        ):  # fmt: skip
+            _check_number(name, getattr(self, name))
+        for name in ("epsilon_high", "delta", "off_policy_mask_threshold"):
+            _check_number(name, getattr(self, name), allow_none=True)
+        if not isinstance(self.use_bias_correction_kl, bool):
+            raise TypeError(f"use_bias_correction_kl must be a bool, got {type(self.use_bias_correction_kl).__name__}")
+        if self.loss_type == "sapo" and (self.sapo_temperature_pos == 0 or self.sapo_temperature_neg == 0):
+            raise ValueError("sapo_temperature_pos and sapo_temperature_neg must be non-zero (the soft clip divides by them)")
+        if self.max_completion_length is not None:
+            _check_positive_int("max_completion_length", self.max_completion_length)
+        if self.loss_type == "dr_grpo" and self.max_completion_length is None:
+            raise ValueError(
+                "loss_type='dr_grpo' divides by batch_size * max_completion_length: pass max_completion_length "
+                "(trl's GRPOConfig.max_completion_length)"
+            )
+        _check_positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
+        if self.steps_per_generation is not None:
+            _check_positive_int("steps_per_generation", self.steps_per_generation)
+        _check_positive_int("num_processes", self.num_processes)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @property
+    def epsilon_low(self) -> float:
+        return float(self.epsilon)
+
+    @property
+    def resolved_epsilon_high(self) -> float:
+        """trl: ``epsilon_high if epsilon_high is not None else epsilon``."""
+        return float(self.epsilon if self.epsilon_high is None else self.epsilon_high)
+
+    @property
+    def resolved_steps_per_generation(self) -> int:
+        return self.gradient_accumulation_steps if self.steps_per_generation is None else self.steps_per_generation
+
+    @property
+    def has_kl(self) -> bool:
+        return self.beta != 0.0
+
+    @property
+    def has_entropy_bonus(self) -> bool:
+        return self.entropy_coef != 0.0
+
+    @property
+    def needs_num_items(self) -> bool:
+        return self.loss_type in NUM_ITEMS_LOSSES

@@ -1,0 +1,254 @@
+"""Launchers for the Triton kernels: check what the kernels need, allocate outputs and workspaces, launch.
+
+Same contract as ``torch_backend.forward`` / ``backward``; the autograd function picks one of the two.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from fastgrpo_kernels import configs
+from fastgrpo_kernels.common import INTERPRET
+from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
+from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
+
+from .options import LogProbOptions
+from .torch_backend import note_recompute, softmax_w_backward, uses_softmax_w, zero_grads
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _check_dtype(compute_dtype: torch.dtype) -> None:
+    if compute_dtype not in _TL_DTYPES:
+        raise TypeError(
+            f"backend='triton' computes in float32, bfloat16 or float16; hidden/weight give {compute_dtype} "
+            "(use backend='torch' for float64)"
+        )
+
+
+def _dot_dtype(compute_dtype: torch.dtype):
+    # The interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there (free on the GPU: constexpr).
+    return tl.float32 if INTERPRET else _TL_DTYPES[compute_dtype]
+
+
+def _dot_precision(compute_dtype: torch.dtype) -> str:
+    # fp32 inputs: match torch's default fp32 matmul (no TF32) unless the user enabled TF32 for matmuls.
+    if compute_dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return 4  # interpreter / other devices: a few splits, to exercise the combine
+
+
+def _empty(shape, device, dtype, poison: bool) -> torch.Tensor:
+    t = torch.empty(shape, device=device, dtype=dtype)
+    return t.fill_(float("nan")) if poison and t.numel() else t
+
+
+def forward(
+    hidden: torch.Tensor,  # [N, H]
+    weight: torch.Tensor,  # [V, H]
+    bias: torch.Tensor | None,  # [V]
+    targets: torch.Tensor,  # [N]
+    opts: LogProbOptions,
+    compute_dtype: torch.dtype,
+    accumulate_softmax_w: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(logp, entropy, lse, softmax_w, target_scale)``, all fp32; the last two empty unless accumulated."""
+    _check_dtype(compute_dtype)
+    cfg = configs.get_config()
+    n, h = hidden.shape
+    vocab = weight.shape[0]
+    dev = hidden.device
+    f32 = torch.float32
+    logp = _empty(n, dev, f32, cfg.poison)
+    entropy = _empty(n if opts.return_entropy else 0, dev, f32, cfg.poison)
+    lse = _empty(n, dev, f32, cfg.poison)
+    target_scale = _empty(n if accumulate_softmax_w else 0, dev, f32, cfg.poison)
+    if n == 0:
+        return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale
+
+    row_blocks = triton.cdiv(n, cfg.block_n)
+    splits = configs.num_splits(cfg, row_blocks, vocab, _device_sms(dev))
+    v_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
+    splits = triton.cdiv(vocab, v_per_split)  # every split non-empty
+    part = _empty((5, splits, n), dev, f32, cfg.poison)  # m, s, t, target logit, target dz/dy
+    part_acc = _empty((splits, n, h) if accumulate_softmax_w else 1, dev, f32, cfg.poison)
+    if not accumulate_softmax_w:
+        softmax_w = torch.empty(0, device=dev, dtype=f32)
+    elif splits == 1:
+        softmax_w = part_acc[0]  # the combine rescales it in place
+    else:
+        softmax_w = _empty((n, h), dev, f32, cfg.poison)
+
+    scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
+    linear_logprobs_fwd_kernel[(row_blocks, splits)](
+        hidden,
+        weight,
+        bias if bias is not None else hidden,
+        targets,
+        part[0],
+        part[1],
+        part[2],
+        part[3],
+        part[4],
+        part_acc,
+        n,
+        h,
+        vocab,
+        v_per_split,
+        hidden.stride(0),
+        hidden.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        **scalars,
+        HAS_BIAS=bias is not None,
+        HAS_SOFTCAP=opts.softcap is not None,
+        HAS_SOFTMAX_W=accumulate_softmax_w,
+        DOT_DTYPE=_dot_dtype(compute_dtype),
+        DOT_PRECISION=_dot_precision(compute_dtype),
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    combine_splits_kernel[(triton.cdiv(n, cfg.combine_block_n),)](
+        part[0],
+        part[1],
+        part[2],
+        part[3],
+        part[4],
+        part_acc,
+        targets,
+        logp,
+        entropy if opts.return_entropy else logp,
+        lse,
+        softmax_w if accumulate_softmax_w else logp,
+        target_scale if accumulate_softmax_w else logp,
+        n,
+        h,
+        splits,
+        opts.ignore_index,
+        HAS_ENTROPY=opts.return_entropy,
+        HAS_SOFTMAX_W=accumulate_softmax_w,
+        BLOCK_N=cfg.combine_block_n,
+        BLOCK_K=cfg.combine_block_k,
+    )
+    return logp, entropy, lse, softmax_w, target_scale
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False):
+    """``a @ b`` accumulated and returned in fp32 (added into ``out`` when ``accumulate``), without first rounding
+    the product to the inputs' 16-bit dtype."""
+    if a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
+        if accumulate:
+            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+        return torch.mm(a, b, out_dtype=torch.float32)
+    a32, b32 = a.float(), b.float()
+    return out.addmm_(a32, b32) if accumulate else a32 @ b32
+
+
+def backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor,
+    softmax_w: torch.Tensor,
+    target_scale: torch.Tensor,
+    grad_logp: torch.Tensor | None,
+    grad_entropy: torch.Tensor | None,
+    opts: LogProbOptions,
+    compute_dtype: torch.dtype,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients for (hidden, weight, bias), each None when not needed. Never allocates [N, V]."""
+    _check_dtype(compute_dtype)
+    need_x, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
+    valid = (targets != opts.ignore_index).float()
+    g_l = None if grad_logp is None else (grad_logp.float() * valid).contiguous()
+    g_h = None if grad_entropy is None else (grad_entropy.float() * valid).contiguous()
+    if uses_softmax_w(softmax_w, g_h, need_w, need_b):
+        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, need_x)
+    note_recompute(softmax_w)
+    if (g_l is None and g_h is None) or hidden.shape[0] == 0:
+        return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
+
+    cfg = configs.get_config()
+    n, h = hidden.shape
+    vocab = weight.shape[0]
+    dev = hidden.device
+    # dL/dy workspace in the compute dtype (what the gradient GEMMs read); fp32 under the interpreter, whose bf16
+    # stores truncate instead of rounding.
+    ws_dtype = torch.float32 if INTERPRET else compute_dtype
+    elt = torch.finfo(ws_dtype).bits // 8
+    width = max(cfg.block_v, (cfg.workspace_bytes // max(n * elt, 1)) // cfg.block_v * cfg.block_v)
+    width = min(width, triton.cdiv(vocab, cfg.block_v) * cfg.block_v)
+    ws = _empty((n, width), dev, ws_dtype, cfg.poison)
+    row_blocks = triton.cdiv(n, cfg.block_n)
+    db_part = _empty((row_blocks, width) if need_b else 1, dev, torch.float32, cfg.poison)
+    grad_x = torch.zeros((n, h), device=dev, dtype=torch.float32) if need_x else None
+    grad_w = _empty(weight.shape, dev, weight.dtype, cfg.poison) if need_w else None
+    grad_b = _empty(bias.shape, dev, bias.dtype, cfg.poison) if need_b else None
+    x_gemm = hidden.to(ws_dtype) if need_w else None
+    scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
+    for c0 in range(0, vocab, width):
+        wd = min(width, vocab - c0)
+        linear_logprobs_dlogits_kernel[(row_blocks, triton.cdiv(wd, cfg.block_v))](
+            hidden,
+            weight,
+            bias if bias is not None else hidden,
+            targets,
+            lse,
+            entropy if g_h is not None else lse,
+            g_l if g_l is not None else lse,
+            g_h if g_h is not None else lse,
+            ws,
+            db_part,
+            n,
+            h,
+            c0,
+            wd,
+            hidden.stride(0),
+            hidden.stride(1),
+            weight.stride(0),
+            weight.stride(1),
+            ws.stride(0),
+            db_part.stride(0),
+            **scalars,
+            HAS_BIAS=bias is not None,
+            HAS_SOFTCAP=opts.softcap is not None,
+            HAS_LOGP_GRAD=g_l is not None,
+            HAS_ENTROPY_GRAD=g_h is not None,
+            HAS_BIAS_GRAD=need_b,
+            DOT_DTYPE=_dot_dtype(compute_dtype),
+            DOT_PRECISION=_dot_precision(compute_dtype),
+            BLOCK_N=cfg.block_n,
+            BLOCK_V=cfg.block_v,
+            BLOCK_K=cfg.block_k,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+        dy = ws[:, :wd]
+        if need_x:
+            _mm_fp32(dy, weight[c0 : c0 + wd].to(ws_dtype), out=grad_x, accumulate=True)
+        if need_w:
+            grad_w[c0 : c0 + wd] = _mm_fp32(dy.T, x_gemm)
+        if need_b:
+            grad_b[c0 : c0 + wd] = db_part[:, :wd].sum(0)
+    return (None if grad_x is None else grad_x.to(hidden.dtype)), grad_w, grad_b

@@ -1,0 +1,59 @@
+"""Helpers shared by the kernel families: the logit transform and the one online-softmax update."""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# Read once, like triton itself: TRITON_INTERPRET must be set before any @triton.jit runs.
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP: tl.constexpr):
+    """``z = softcap * tanh(logit_scale * y / softcap) * inv_t`` and ``dz/dy``; fp32 in and out.
+
+    Without softcap, ``z = logit_scale * y * inv_t`` and ``dz/dy`` is that scalar factor (returned broadcastable).
+    """
+    # torch.compile may pass Python floats as fp64 scalars: keep the math in fp32.
+    logit_scale = tl.cast(logit_scale, tl.float32)
+    softcap = tl.cast(softcap, tl.float32)
+    inv_t = tl.cast(inv_t, tl.float32)
+    if HAS_SOFTCAP:
+        # tanh(u) = 2 * sigmoid(2u) - 1: stable for large |u|, and tl has no tanh on every backend.
+        th = 2.0 * tl.sigmoid(2.0 * (y * logit_scale) / softcap) - 1.0
+        z = softcap * th * inv_t
+        dz_dy = (1.0 - th * th) * (logit_scale * inv_t)
+    else:
+        z = y * (logit_scale * inv_t)
+        dz_dy = tl.zeros_like(y) + logit_scale * inv_t
+    return z, dz_dy
+
+
+@triton.jit
+def online_softmax_update(m, s, t, z):
+    """Fold one logit tile ``z`` [BLOCK_N, BLOCK_V] (masked entries -inf) into per-row running statistics.
+
+    ``m`` running max, ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m)`` (all [BLOCK_N], fp32), from which
+    ``lse = m + log(s)`` and ``entropy = log(s) - t / s``. Keeping ``t`` relative to ``m`` avoids the cancellation
+    of ``lse - sum(p * z)`` at large logits. Returns ``(m_new, s_new, t_new, e, alpha)`` with ``e = exp(z - m_new)``
+    (0 at masked entries) and ``alpha = exp(m - m_new)``, the factor any accumulator weighted by ``e`` is rescaled by.
+    """
+    m_new = tl.maximum(m, tl.max(z, axis=1))  # [BLOCK_N]
+    alpha = tl.exp(m - m_new)  # 0 on the first tile (m = -inf)
+    zc = z - m_new[:, None]  # [BLOCK_N, BLOCK_V], <= 0, -inf at masked entries
+    e = tl.exp(zc)
+    # Rebase t to the new max: sum e'(z - m_new) = alpha * (t + (m - m_new) * s); s = 0 before the first tile.
+    shift = tl.where(s > 0, (m - m_new) * s, 0.0)
+    t_new = alpha * (t + shift) + tl.sum(tl.where(e > 0, e * zc, 0.0), axis=1)
+    s_new = alpha * s + tl.sum(e, axis=1)
+    return m_new, s_new, t_new, e, alpha
+
+
+@triton.jit
+def combine_partials(m_i, s_i, t_i, m_all):
+    """Weight of one vocabulary split's statistics after the global max ``m_all``: returns (scale, s, t) terms."""
+    scale = tl.exp(m_i - m_all)
+    return scale, s_i * scale, scale * (t_i + (m_i - m_all) * s_i)

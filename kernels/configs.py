@@ -1,0 +1,78 @@
+"""Launch configurations: a fixed table by default (tuned per shape class on the GPU by the benchmark issue).
+
+``override(...)`` changes them for a block of code (tests force several vocabulary splits and a small backward
+workspace at tiny shapes; tuning scripts try variants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .common import INTERPRET
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_n: int = 128  # rows per program
+    block_v: int = 128  # vocabulary columns per tile
+    block_k: int = 64  # hidden-dimension step of the projection
+    num_warps: int = 8
+    num_stages: int = 3
+    combine_block_n: int = 64
+    combine_block_k: int = 128
+    # Vocabulary splits for the forward; None: enough programs to fill the device (about 2 per SM).
+    num_splits: int | None = None
+    programs_per_sm: int = 2
+    # Bytes of the backward's [N, chunk] dL/dy workspace (bounds its memory; the chunk is at least one block).
+    workspace_bytes: int = 64 << 20
+    # Fill outputs and workspaces with NaN before launching (tests: catches elements no kernel writes).
+    poison: bool = False
+
+
+# Hopper-class defaults for bf16; issue 6 tunes these per (H, N) class.
+GPU_CONFIG = KernelConfig()
+# The interpreter runs one program after another in numpy: small blocks so tiny test shapes span several blocks.
+INTERPRETER_CONFIG = KernelConfig(
+    block_n=16,
+    block_v=32,
+    block_k=16,
+    num_warps=4,
+    num_stages=1,
+    combine_block_n=16,
+    combine_block_k=16,
+    programs_per_sm=1,
+)
+
+_overrides: dict = {}
+
+
+def get_config() -> KernelConfig:
+    base = INTERPRETER_CONFIG if INTERPRET else GPU_CONFIG
+    return dataclasses.replace(base, **_overrides) if _overrides else base
+
+
+@contextlib.contextmanager
+def override(**fields) -> Iterator[KernelConfig]:
+    """Temporarily replace config fields, e.g. ``with override(num_splits=3, poison=True): ...``."""
+    unknown = set(fields) - {f.name for f in dataclasses.fields(KernelConfig)}
+    if unknown:
+        raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")
+    saved = dict(_overrides)
+    _overrides.update(fields)
+    try:
+        yield get_config()
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
+
+
+def num_splits(cfg: KernelConfig, n_row_blocks: int, vocab: int, num_sms: int) -> int:
+    """Vocabulary splits: enough programs for the device when N is small, never more than there are tiles."""
+    max_splits = -(-vocab // cfg.block_v)
+    if cfg.num_splits is not None:
+        return max(1, min(cfg.num_splits, max_splits))
+    want = -(-(cfg.programs_per_sm * num_sms) // max(n_row_blocks, 1))
+    return max(1, min(want, max_splits))

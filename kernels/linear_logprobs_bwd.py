@@ -1,0 +1,103 @@
+"""Backward kernel of the fused lm_head log-prob op for a trainable head (or a frozen head with an entropy gradient).
+
+For one vocabulary chunk ``[c0, c0 + width)`` it recomputes the logit tiles and writes ``dL/dy`` into a bounded
+``[N, width]`` workspace; the launcher then accumulates ``dX += dY @ W[chunk]`` (fp32) and writes
+``dW[chunk] = dY.T @ X`` once, with cuBLAS-class GEMMs. Math, with ``g`` the incoming gradients (0 at ignored
+rows), ``p = softmax(z)``, ``log_p = z - lse``::
+
+    dz = g_logp * (onehot(target) - p) - g_entropy * p * (log_p + entropy)
+    dy = dz * dz/dy                      # d bias = dy.sum(0), summed per row block here, then in fixed order
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import logit_transform
+from .linear_logprobs_fwd import _logits_tile
+
+
+@triton.jit
+def linear_logprobs_dlogits_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    tgt_ptr,
+    lse_ptr,
+    entropy_ptr,
+    g_logp_ptr,
+    g_ent_ptr,  # [N, H], [V, H], [V], [N] x5
+    dy_ptr,  # [N, width] workspace
+    db_part_ptr,  # [cdiv(N, BLOCK_N), >= width] fp32 column sums per row block, only with HAS_BIAS_GRAD
+    N,
+    H,
+    c0,
+    width,
+    stride_xn,
+    stride_xh,
+    stride_wv,
+    stride_wh,
+    stride_dyn,
+    stride_dbn,
+    logit_scale,
+    softcap,
+    inv_t,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_LOGP_GRAD: tl.constexpr,
+    HAS_ENTROPY_GRAD: tl.constexpr,
+    HAS_BIAS_GRAD: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    row_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    local = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # [BLOCK_V] column within the chunk
+    col_mask = local < width
+    cols64 = c0 + local.to(tl.int64)
+    y = _logits_tile(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        rows64,
+        row_mask,
+        cols64,
+        col_mask,
+        H,
+        stride_xn,
+        stride_xh,
+        stride_wv,
+        stride_wh,
+        HAS_BIAS,
+        DOT_DTYPE,
+        DOT_PRECISION,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_K,
+    )  # [BLOCK_N, BLOCK_V]
+    z, dz_dy = logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP)
+    lse = tl.load(lse_ptr + rows64, mask=row_mask, other=0.0)
+    log_p = z - lse[:, None]
+    p = tl.exp(log_p)
+    dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    if HAS_LOGP_GRAD:
+        g = tl.load(g_logp_ptr + rows64, mask=row_mask, other=0.0)
+        tgt = tl.load(tgt_ptr + rows64, mask=row_mask, other=-1).to(tl.int64)
+        hit = (cols64[None, :] == tgt[:, None]).to(tl.float32)
+        dz += g[:, None] * (hit - p)
+    if HAS_ENTROPY_GRAD:
+        g_h = tl.load(g_ent_ptr + rows64, mask=row_mask, other=0.0)
+        ent = tl.load(entropy_ptr + rows64, mask=row_mask, other=0.0)
+        dz -= g_h[:, None] * p * (log_p + ent[:, None])
+    mask = row_mask[:, None] & col_mask[None, :]
+    dy = tl.where(mask, dz * dz_dy, 0.0)
+    tl.store(dy_ptr + rows64[:, None] * stride_dyn + local[None, :], dy.to(dy_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS_GRAD:
+        tl.store(db_part_ptr + pid_n.to(tl.int64) * stride_dbn + local, tl.sum(dy, axis=0), mask=col_mask)

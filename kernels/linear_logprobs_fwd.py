@@ -1,0 +1,232 @@
+"""Forward kernels of the fused lm_head log-prob op: projection tiles + online logsumexp, never an [N, V] tensor.
+
+Math (per row, ``z`` the transformed logits, see ``fastgrpo.linear_logprobs``)::
+
+    lse = logsumexp(z);  logp = z[target] - lse;  entropy = lse - sum(softmax(z) * z)
+    softmax_w = (softmax(z) * dz/dy) @ W          # frozen-head identity, only with HAS_SOFTMAX_W
+
+``linear_logprobs_fwd_kernel`` runs one program per (row block, vocabulary split); the splits give enough programs
+when N is small. Row blocks of one split are adjacent in launch order (axis 0), so they stream the same weight tiles
+through L2 at about the same time. Each program writes its split's partial statistics; ``combine_splits_kernel``
+merges them in a fixed order (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import combine_partials, logit_transform, online_softmax_update
+
+
+@triton.jit
+def _logits_tile(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    rows64,
+    row_mask,
+    cols64,
+    col_mask,
+    H,
+    stride_xn,
+    stride_xh,
+    stride_wv,
+    stride_wh,
+    HAS_BIAS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``y = x[rows] @ w[cols].T (+ b[cols])`` in fp32: [BLOCK_N, BLOCK_V]."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        k_mask = ks < H
+        x = tl.load(
+            x_ptr + rows64[:, None] * stride_xn + ks[None, :] * stride_xh,
+            mask=row_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_K]
+        w = tl.load(
+            w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
+            mask=col_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols64, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def linear_logprobs_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    tgt_ptr,  # [N, H], [V, H], [V], [N]
+    part_m_ptr,
+    part_s_ptr,
+    part_t_ptr,
+    part_zt_ptr,
+    part_at_ptr,  # each [SPLITS, N] fp32
+    part_acc_ptr,  # [SPLITS, N, H] fp32, only with HAS_SOFTMAX_W
+    N,
+    H,
+    V,
+    v_per_split,
+    stride_xn,
+    stride_xh,
+    stride_wv,
+    stride_wh,
+    logit_scale,
+    softcap,
+    inv_t,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_SOFTMAX_W: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    row_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    tgt = tl.load(tgt_ptr + rows64, mask=row_mask, other=-1).to(tl.int64)  # ignore_index never matches a column
+    v_start = split * v_per_split
+    v_end = tl.minimum(v_start + v_per_split, V)
+
+    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)  # target logit, if the target is in this split
+    at = tl.zeros((BLOCK_N,), dtype=tl.float32)  # dz/dy at the target
+    for v0 in range(v_start, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)  # [BLOCK_V]
+        col_mask = cols < v_end
+        cols64 = cols.to(tl.int64)
+        y = _logits_tile(
+            x_ptr,
+            w_ptr,
+            b_ptr,
+            rows64,
+            row_mask,
+            cols64,
+            col_mask,
+            H,
+            stride_xn,
+            stride_xh,
+            stride_wv,
+            stride_wh,
+            HAS_BIAS,
+            DOT_DTYPE,
+            DOT_PRECISION,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_K,
+        )  # [BLOCK_N, BLOCK_V]
+        z, dz_dy = logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP)
+        # Padded vocabulary columns must not enter the logsumexp.
+        z = tl.where(col_mask[None, :], z, float("-inf"))
+        m, s, t, e, alpha = online_softmax_update(m, s, t, z)
+        hit = cols64[None, :] == tgt[:, None]  # [BLOCK_N, BLOCK_V]
+        zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
+        at += tl.sum(tl.where(hit, dz_dy, 0.0), axis=1)
+        if HAS_SOFTMAX_W:
+            # acc = acc * alpha + (e * dz/dy) @ W[cols]: the rescaled running sum, kept in the split's fp32 slice.
+            pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V]
+            for k0 in range(0, H, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_mask = ks < H
+                w = tl.load(
+                    w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
+                    mask=col_mask[:, None] & k_mask[None, :],
+                    other=0.0,
+                ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+                acc_ptrs = part_acc_ptr + (split * N + rows64)[:, None] * H + ks[None, :]
+                io_mask = row_mask[:, None] & k_mask[None, :]
+                old = tl.load(acc_ptrs, mask=io_mask, other=0.0)  # [BLOCK_N, BLOCK_K]
+                old = tl.where(v0 > v_start, old, 0.0) * alpha[:, None]  # nothing written before the first tile
+                new = tl.dot(pe, w, old, input_precision=DOT_PRECISION)
+                tl.store(acc_ptrs, new, mask=io_mask)
+
+    out = split * N + rows64
+    tl.store(part_m_ptr + out, m, mask=row_mask)
+    tl.store(part_s_ptr + out, s, mask=row_mask)
+    tl.store(part_t_ptr + out, t, mask=row_mask)
+    tl.store(part_zt_ptr + out, zt, mask=row_mask)
+    tl.store(part_at_ptr + out, at, mask=row_mask)
+
+
+@triton.jit
+def combine_splits_kernel(
+    part_m_ptr,
+    part_s_ptr,
+    part_t_ptr,
+    part_zt_ptr,
+    part_at_ptr,
+    part_acc_ptr,  # partials, as above
+    tgt_ptr,
+    logp_ptr,
+    entropy_ptr,
+    lse_ptr,
+    softmax_w_ptr,
+    target_scale_ptr,  # outputs [N] / [N, H]
+    N,
+    H,
+    SPLITS,
+    ignore_index,
+    HAS_ENTROPY: tl.constexpr,
+    HAS_SOFTMAX_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    row_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    m_all = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    for i in range(0, SPLITS):
+        m_all = tl.maximum(m_all, tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0))
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    at = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for i in range(0, SPLITS):  # fixed order: bit-identical run to run
+        idx = i * N + rows64
+        _, s_i, t_i = combine_partials(
+            tl.load(part_m_ptr + idx, mask=row_mask, other=0.0),
+            tl.load(part_s_ptr + idx, mask=row_mask, other=1.0),
+            tl.load(part_t_ptr + idx, mask=row_mask, other=0.0),
+            m_all,
+        )
+        s += s_i
+        t += t_i
+        zt += tl.load(part_zt_ptr + idx, mask=row_mask, other=0.0)  # nonzero in at most one split
+        at += tl.load(part_at_ptr + idx, mask=row_mask, other=0.0)
+    log_s = tl.log(s)
+    lse = m_all + log_s
+    tgt = tl.load(tgt_ptr + rows64, mask=row_mask, other=ignore_index)
+    valid = tgt != ignore_index
+    tl.store(lse_ptr + rows64, lse, mask=row_mask)
+    tl.store(logp_ptr + rows64, tl.where(valid, zt - lse, 0.0), mask=row_mask)
+    if HAS_ENTROPY:
+        tl.store(entropy_ptr + rows64, tl.where(valid, log_s - t / s, 0.0), mask=row_mask)
+    if HAS_SOFTMAX_W:
+        tl.store(target_scale_ptr + rows64, at, mask=row_mask)
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+            io_mask = row_mask[:, None] & (ks < H)[None, :]
+            acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            for i in range(0, SPLITS):
+                w_i = tl.exp(tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0) - m_all) / s
+                part = tl.load(part_acc_ptr + (i * N + rows64)[:, None] * H + ks[None, :], mask=io_mask, other=0.0)
+                acc += part * w_i[:, None]
+            # With one split, softmax_w may alias the partial: each element is read before it is written.
+            tl.store(softmax_w_ptr + rows64[:, None] * H + ks[None, :], acc, mask=io_mask)
