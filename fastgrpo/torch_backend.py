@@ -89,7 +89,7 @@ def forward(
             m_new = torch.maximum(m, z.amax(-1))
             alpha = torch.exp(m - m_new)  # 0 on the first tile (m = -inf)
             # Rebase t from the old max to the new one: sum e'(z - m_new) = alpha * (t + (m - m_new) * s)
-            shift = torch.where(s > 0, (m - m_new) * s, torch.zeros_like(s))
+            shift = torch.where(s > 0, m - m_new, torch.zeros_like(s)) * s
             z.sub_(m_new[:, None])  # z - m_new, <= 0
             e = torch.exp(z)
             t = alpha * (t + shift) + (e * z).sum(-1)

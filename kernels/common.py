@@ -46,8 +46,8 @@ def online_softmax_update(m, s, t, z):
     zc = z - m_new[:, None]  # [BLOCK_N, BLOCK_V], <= 0, -inf at masked entries
     e = tl.exp(zc)
     # Rebase t to the new max: sum e'(z - m_new) = alpha * (t + (m - m_new) * s); s = 0 before the first tile.
-    shift = tl.where(s > 0, (m - m_new) * s, 0.0)
-    t_new = alpha * (t + shift) + tl.sum(tl.where(e > 0, e * zc, 0.0), axis=1)
+    shift = tl.where(s > 0, m - m_new, 0.0) * s
+    t_new = alpha * (t + shift) + tl.sum(e * tl.where(e > 0, zc, 0.0), axis=1)  # no 0 * -inf at masked entries
     s_new = alpha * s + tl.sum(e, axis=1)
     return m_new, s_new, t_new, e, alpha
 

@@ -1,0 +1,40 @@
+"""The wheel installs the kernels as ``fastgrpo_kernels`` and nothing as a top-level ``kernels``."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_import_names():
+    import fastgrpo_kernels.linear_logprobs_fwd as fwd
+
+    assert pathlib.Path(fwd.__file__).parent.name == "kernels"  # editable install maps the source directory
+    # No side effects on import: trl (and the kernels) load only when used.
+    code = "import sys, fastgrpo; print(sorted(m for m in ('trl', 'triton') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+@pytest.mark.slow
+def test_wheel_layout(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("fastgrpo-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert "fastgrpo_kernels" in tops and "fastgrpo" in tops
+    assert "kernels" not in tops and "benchmarks" not in tops
+    assert "fastgrpo_kernels/linear_logprobs_fwd.py" in names
+    assert "fastgrpo_kernels/linear_logprobs_bwd.py" in names
