@@ -35,11 +35,12 @@ def _dot_dtype(compute_dtype: torch.dtype):
     return tl.float32 if INTERPRET else _TL_DTYPES[compute_dtype]
 
 
-def _dot_precision(compute_dtype: torch.dtype) -> str:
+def _dot_precision(compute_dtype: torch.dtype) -> str | None:
     # fp32 inputs: match torch's default fp32 matmul (no TF32) unless the user enabled TF32 for matmuls.
-    if compute_dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+    # 16-bit inputs: None, Triton's default (the setting only concerns fp32 operands).
+    if compute_dtype != torch.float32:
+        return None
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 @functools.cache
