@@ -40,7 +40,9 @@ def linear_logprobs_fwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     opts = _opts(temperature, logit_scale, softcap, ignore_index, return_entropy)
-    return _impl(backend).forward(hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w)
+    # The caller resolved autocast into compute_dtype; inside, every op runs at the precision the backend chose.
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _impl(backend).forward(hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w)
 
 
 @linear_logprobs_fwd.register_fake
@@ -92,21 +94,22 @@ def linear_logprobs_bwd(
     needs_bias_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     opts = _opts(temperature, logit_scale, softcap, ignore_index, entropy.numel() > 0)
-    gx, gw, gb = _impl(backend).backward(
-        hidden,
-        weight,
-        bias,
-        targets,
-        lse,
-        entropy,
-        softmax_w,
-        target_scale,
-        grad_logp,
-        grad_entropy,
-        opts,
-        compute_dtype,
-        (needs_hidden_grad, needs_weight_grad, needs_bias_grad),
-    )
+    with torch.autocast(hidden.device.type, enabled=False):
+        gx, gw, gb = _impl(backend).backward(
+            hidden,
+            weight,
+            bias,
+            targets,
+            lse,
+            entropy,
+            softmax_w,
+            target_scale,
+            grad_logp,
+            grad_entropy,
+            opts,
+            compute_dtype,
+            (needs_hidden_grad, needs_weight_grad, needs_bias_grad),
+        )
     # Custom ops cannot return None: an empty tensor stands for "no gradient".
     # Each placeholder is its own tensor: custom op outputs may not alias one another.
     return tuple(hidden.new_empty(0) if g is None else g for g in (gx, gw, gb))

@@ -32,14 +32,20 @@ def _acc_dtype(compute_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
 
 
+def _operand(t: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """Round to the compute dtype (autocast semantics), then hold in the accumulation dtype: exact products with fp32
+    accumulation, as the GPU's tensor cores (and the Triton kernels) compute a bf16 matmul."""
+    return t.to(compute_dtype).to(_acc_dtype(compute_dtype))
+
+
 def _logits_tile(
-    x: torch.Tensor,  # [n, H] compute dtype
-    w: torch.Tensor,  # [v, H] compute dtype
+    x: torch.Tensor,  # [n, H] operand (see _operand)
+    w: torch.Tensor,  # [v, H] operand
     b: torch.Tensor | None,  # [v]
     opts: LogProbOptions,
 ) -> tuple[torch.Tensor, torch.Tensor | float]:
     """fp32 logits z [n, v] and dz/dy (a tensor with softcap, else the scalar logit_scale / temperature)."""
-    y = (x @ w.T).to(_acc_dtype(x.dtype))
+    y = x @ w.T
     if b is not None:
         y += b.to(y.dtype)
     y *= opts.logit_scale
@@ -74,7 +80,7 @@ def forward(
 
     for r0 in range(0, n_tok, token_chunk):
         r1 = min(r0 + token_chunk, n_tok)
-        x = hidden[r0:r1].to(compute_dtype)
+        x = _operand(hidden[r0:r1], compute_dtype)
         tgt = targets[r0:r1].long()
         m = torch.full((r1 - r0,), float("-inf"), **f32)
         s = torch.zeros(r1 - r0, **f32)
@@ -84,7 +90,7 @@ def forward(
         acc = torch.zeros((r1 - r0, h), **f32) if accumulate_softmax_w else None
         for c0 in range(0, vocab, vocab_chunk):
             c1 = min(c0 + vocab_chunk, vocab)
-            w = weight[c0:c1].to(compute_dtype)
+            w = _operand(weight[c0:c1], compute_dtype)
             z, dz_dy = _logits_tile(x, w, None if bias is None else bias[c0:c1], opts)
             m_new = torch.maximum(m, z.amax(-1))
             alpha = torch.exp(m - m_new)  # 0 on the first tile (m = -inf)
@@ -145,7 +151,7 @@ def backward(
     g_h = None if grad_entropy is None else grad_entropy.to(acc) * valid
 
     if uses_softmax_w(softmax_w, g_h, need_w, need_b):
-        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, need_x)
+        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, compute_dtype, need_x)
     note_recompute(softmax_w)
     if g_l is None and g_h is None:
         return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
@@ -157,13 +163,13 @@ def backward(
     grad_b = torch.empty_like(bias) if need_b else None
     for c0 in range(0, vocab, vocab_chunk):  # vocabulary outer: each dW tile is finished once, in fp32
         c1 = min(c0 + vocab_chunk, vocab)
-        w = weight[c0:c1].to(compute_dtype)
+        w = _operand(weight[c0:c1], compute_dtype)
         b = None if bias is None else bias[c0:c1]
         gw = torch.zeros((c1 - c0, h), device=dev, dtype=acc) if need_w else None
         gb = torch.zeros(c1 - c0, device=dev, dtype=acc) if need_b else None
         for r0 in range(0, n_tok, token_chunk):
             r1 = min(r0 + token_chunk, n_tok)
-            x = hidden[r0:r1].to(compute_dtype)
+            x = _operand(hidden[r0:r1], compute_dtype)
             z, dz_dy = _logits_tile(x, w, b, opts)
             log_p = z.sub_(lse[r0:r1, None])
             p = torch.exp(log_p)
@@ -204,6 +210,7 @@ def softmax_w_backward(
     target_scale: torch.Tensor,  # [N] (dz/dy) at the target
     g_l: torch.Tensor | None,  # [N], 0 at ignored rows
     opts: LogProbOptions,
+    compute_dtype: torch.dtype,
     need_x: bool,
 ) -> tuple[torch.Tensor | None, None, None]:
     """Frozen head: d logp_t / dx = a_t * W_t - sum_v p_v a_v W_v, with no recompute (landscape notes, section 3)."""
@@ -212,7 +219,8 @@ def softmax_w_backward(
     if g_l is None:
         return torch.zeros_like(hidden), None, None
     safe = torch.where(targets != opts.ignore_index, targets, torch.zeros_like(targets)).long()
-    w_t = weight.index_select(0, safe).to(softmax_w.dtype)
+    # W_t rounded to the compute dtype, as the forward's sum saw W
+    w_t = weight.index_select(0, safe).to(compute_dtype).to(softmax_w.dtype)
     gx = (target_scale[:, None] * w_t - softmax_w).mul_(g_l[:, None].to(softmax_w.dtype))
     return gx.to(hidden.dtype), None, None
 

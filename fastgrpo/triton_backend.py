@@ -54,6 +54,15 @@ def _device_sms(device: torch.device) -> int:
     return 4  # interpreter / other devices: a few splits, to exercise the combine
 
 
+def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
+    """Under the interpreter the kernels upcast operands to fp32 (see ``_dot_dtype``), which would skip the rounding
+    to the compute dtype that the GPU's in-kernel cast does; round here instead (torch rounds to nearest even, the
+    interpreter's own casts truncate)."""
+    if not INTERPRET:
+        return tensors
+    return tuple(t if t is None or t.dtype == compute_dtype else t.to(compute_dtype) for t in tensors)
+
+
 def _empty(shape, device, dtype, poison: bool) -> torch.Tensor:
     t = torch.empty(shape, device=device, dtype=dtype)
     return t.fill_(float("nan")) if poison and t.numel() else t
@@ -70,6 +79,7 @@ def forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(logp, entropy, lse, softmax_w, target_scale)``, all fp32; the last two empty unless accumulated."""
     _check_dtype(compute_dtype)
+    hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     cfg = configs.get_config()
     n, h = hidden.shape
     vocab = weight.shape[0]
@@ -185,11 +195,13 @@ def backward(
     g_l = None if grad_logp is None else (grad_logp.float() * valid).contiguous()
     g_h = None if grad_entropy is None else (grad_entropy.float() * valid).contiguous()
     if uses_softmax_w(softmax_w, g_h, need_w, need_b):
-        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, need_x)
+        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, compute_dtype, need_x)
     note_recompute(softmax_w)
     if (g_l is None and g_h is None) or hidden.shape[0] == 0:
         return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
 
+    out_dtypes = (hidden.dtype, weight.dtype)
+    hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     cfg = configs.get_config()
     n, h = hidden.shape
     vocab = weight.shape[0]
@@ -204,7 +216,7 @@ def backward(
     row_blocks = triton.cdiv(n, cfg.block_n)
     db_part = _empty((row_blocks, width) if need_b else 1, dev, torch.float32, cfg.poison)
     grad_x = torch.zeros((n, h), device=dev, dtype=torch.float32) if need_x else None
-    grad_w = _empty(weight.shape, dev, weight.dtype, cfg.poison) if need_w else None
+    grad_w = _empty(weight.shape, dev, out_dtypes[1], cfg.poison) if need_w else None
     grad_b = _empty(bias.shape, dev, bias.dtype, cfg.poison) if need_b else None
     x_gemm = hidden.to(ws_dtype) if need_w else None
     scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
@@ -252,4 +264,4 @@ def backward(
             grad_w[c0 : c0 + wd] = _mm_fp32(dy.T, x_gemm)
         if need_b:
             grad_b[c0 : c0 + wd] = db_part[:, :wd].sum(0)
-    return (None if grad_x is None else grad_x.to(hidden.dtype)), grad_w, grad_b
+    return (None if grad_x is None else grad_x.to(out_dtypes[0])), grad_w, grad_b

@@ -219,3 +219,21 @@ def test_triton_one_split_and_one_backward_chunk():
         assert rel_err(ours, r) < FP32_REL, name
     _, _, grads = _run(case, "triton", OPTION_CASES["all"], requires=("hidden",), overrides=dict(num_splits=1))
     assert rel_err(*grads["hidden"]) < FP32_REL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_computes_in_autocast_dtype(backend):
+    """Under autocast (fp32 master weights, bf16 compute, as trl's bf16 training), the projection runs in bf16: the
+    same result as bf16 inputs, with gradients returned in the inputs' fp32."""
+    case = make_case(*AWKWARD, bias=False)
+    leaves = [case.hidden.clone().requires_grad_(), case.weight.clone().requires_grad_()]
+    with kernel_overrides(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fastgrpo.linear_logprobs(*leaves, case.targets, backend=backend)
+    gx, gw = torch.autograd.grad(out.logp.sum(), leaves)
+    assert gx.dtype == torch.float32 and gw.dtype == torch.float32
+    with kernel_overrides(backend):
+        bf16 = fastgrpo.linear_logprobs(case.hidden.bfloat16(), case.weight.bfloat16(), case.targets, backend=backend)
+    assert torch.equal(out.logp, bf16.logp)
+    with kernel_overrides(backend):
+        fp32 = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, backend=backend)
+    assert not torch.equal(out.logp, fp32.logp)  # the autocast dtype was really used
