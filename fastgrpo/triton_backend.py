@@ -93,7 +93,7 @@ def forward(
         return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale
 
     row_blocks = triton.cdiv(n, cfg.block_n)
-    splits = configs.num_splits(cfg, row_blocks, vocab, _device_sms(dev))
+    splits = configs.num_splits(cfg, n, h, vocab, _device_sms(dev), accumulate_softmax_w)
     v_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)  # every split non-empty
     part = _empty((5, splits, n), dev, f32, cfg.poison)  # m, s, t, target logit, target dz/dy
@@ -106,7 +106,7 @@ def forward(
         softmax_w = _empty((n, h), dev, f32, cfg.poison)
 
     scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
-    linear_logprobs_fwd_kernel[(row_blocks, splits)](
+    linear_logprobs_fwd_kernel[(row_blocks * splits,)](
         hidden,
         weight,
         bias if bias is not None else hidden,
@@ -134,6 +134,7 @@ def forward(
         BLOCK_N=cfg.block_n,
         BLOCK_V=cfg.block_v,
         BLOCK_K=cfg.block_k,
+        GROUP_N=cfg.group_n,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -222,7 +223,7 @@ def backward(
     scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
     for c0 in range(0, vocab, width):
         wd = min(width, vocab - c0)
-        linear_logprobs_dlogits_kernel[(row_blocks, triton.cdiv(wd, cfg.block_v))](
+        linear_logprobs_dlogits_kernel[(row_blocks * triton.cdiv(wd, cfg.block_v),)](
             hidden,
             weight,
             bias if bias is not None else hidden,
@@ -254,6 +255,7 @@ def backward(
             BLOCK_N=cfg.block_n,
             BLOCK_V=cfg.block_v,
             BLOCK_K=cfg.block_k,
+            GROUP_N=cfg.group_n,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

@@ -57,3 +57,17 @@ def combine_partials(m_i, s_i, t_i, m_all):
     """Weight of one vocabulary split's statistics after the global max ``m_all``: returns (scale, s, t) terms."""
     scale = tl.exp(m_i - m_all)
     return scale, s_i * scale, scale * (t_i + (m_i - m_all) * s_i)
+
+
+@triton.jit
+def grouped_tile(pid, n_row_blocks, n_cols, GROUP: tl.constexpr):
+    """Map a 1-D program id to (row block, column) with GROUP row blocks per group, the column varying fastest
+    within a group: programs running together share GROUP row blocks of X and a band of weight tiles in L2,
+    instead of every row block re-streaming its whole X block from HBM for each weight tile (the matmul tutorial's
+    grouped ordering; columns are vocabulary splits in the forward and vocabulary blocks in the backward)."""
+    per_group = GROUP * n_cols
+    group = pid // per_group
+    first = group * GROUP
+    size = tl.minimum(n_row_blocks - first, GROUP)
+    local = pid % per_group
+    return first + local % size, local // size

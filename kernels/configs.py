@@ -21,11 +21,16 @@ class KernelConfig:
     block_k: int = 64  # hidden-dimension step of the projection
     num_warps: int = 8
     num_stages: int = 3
+    group_n: int = 8  # row blocks per group in the grouped (L2-friendly) launch order
     combine_block_n: int = 64
     combine_block_k: int = 128
-    # Vocabulary splits for the forward; None: enough programs to fill the device (about 2 per SM).
+    # Vocabulary splits for the forward; None: enough programs to fill the device (about 2 per SM), and at least
+    # min_splits so that programs running together share weight tiles (grouped order) even when N is large.
     num_splits: int | None = None
     programs_per_sm: int = 2
+    min_splits: int = 8
+    # Frozen head: each split keeps an fp32 [N, H] partial of softmax(z) @ W; bound their total.
+    softmax_w_bytes: int = 256 << 20
     # Bytes of the backward's [N, chunk] dL/dy workspace (bounds its memory; the chunk is at least one block).
     workspace_bytes: int = 64 << 20
     # Fill outputs and workspaces with NaN before launching (tests: catches elements no kernel writes).
@@ -69,10 +74,14 @@ def override(**fields) -> Iterator[KernelConfig]:
         _overrides.update(saved)
 
 
-def num_splits(cfg: KernelConfig, n_row_blocks: int, vocab: int, num_sms: int) -> int:
-    """Vocabulary splits: enough programs for the device when N is small, never more than there are tiles."""
+def num_splits(cfg: KernelConfig, n: int, h: int, vocab: int, num_sms: int, softmax_w: bool) -> int:
+    """Vocabulary splits: enough programs for the device when N is small, at least ``min_splits`` for L2 reuse,
+    within the frozen-head partials' memory bound, never more than there are vocabulary tiles."""
     max_splits = -(-vocab // cfg.block_v)
+    if softmax_w:
+        max_splits = min(max_splits, max(1, cfg.softmax_w_bytes // max(n * h * 4, 1)))
     if cfg.num_splits is not None:
         return max(1, min(cfg.num_splits, max_splits))
-    want = -(-(cfg.programs_per_sm * num_sms) // max(n_row_blocks, 1))
+    n_row_blocks = -(-n // cfg.block_n)
+    want = max(-(-(cfg.programs_per_sm * num_sms) // max(n_row_blocks, 1)), cfg.min_splits)
     return max(1, min(want, max_splits))

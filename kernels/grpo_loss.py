@@ -53,17 +53,71 @@ def _load_tile(ptr, offs, tile_mask, other):
 
 
 @triton.jit
+def _load_token_inputs(
+    lp_ptr,
+    old_ptr,
+    ref_ptr,
+    isr_ptr,
+    emask_ptr,
+    mask_ptr,
+    rows64,
+    cols,
+    offs,
+    tile_mask,
+    stride_isr_b,
+    stride_isr_t,
+    HAS_OLD: tl.constexpr,
+    HAS_KL: tl.constexpr,
+    HAS_ISR: tl.constexpr,
+    HAS_ENTROPY_MASK: tl.constexpr,
+):
+    """fp32 [BLOCK_B, BLOCK_T] tiles ``(mask, logp, old, ref, isr, entropy_mask)``; absent inputs alias ``logp``."""
+    m = _load_tile(mask_ptr, offs, tile_mask, 0.0)
+    lp = _load_tile(lp_ptr, offs, tile_mask, 0.0)
+    old = _load_tile(old_ptr, offs, tile_mask, 0.0) if HAS_OLD else lp  # trl: old = logp.detach()
+    ref = _load_tile(ref_ptr, offs, tile_mask, 0.0) if HAS_KL else lp
+    isr = lp
+    if HAS_ISR:  # [B, T], or [B, 1] read with a zero token stride
+        isr = tl.load(
+            isr_ptr + rows64[:, None] * stride_isr_b + cols.to(tl.int64)[None, :] * stride_isr_t,
+            mask=tile_mask,
+            other=1.0,
+        ).to(tl.float32)
+    emask = _load_tile(emask_ptr, offs, tile_mask, 0.0) if HAS_ENTROPY_MASK else lp
+    return m, lp, old, ref, isr, emask
+
+
+@triton.jit
 def _token_terms(
-    lp, old, ref, isr, emask, adv, coef_1, row_mult,
-    beta, eps_lo, eps_hi, delta, sapo_t_pos, sapo_t_neg, phi,
-    HAS_KL: tl.constexpr, HAS_BIAS_CORRECTION: tl.constexpr, HAS_ISR: tl.constexpr, HAS_ENTROPY_MASK: tl.constexpr,
-    HAS_DELTA: tl.constexpr, LOSS_KIND: tl.constexpr,
+    lp,
+    old,
+    ref,
+    isr,
+    emask,
+    adv,
+    coef_1,
+    row_mult,
+    beta,
+    eps_lo,
+    eps_hi,
+    delta,
+    sapo_t_pos,
+    sapo_t_neg,
+    phi,
+    HAS_KL: tl.constexpr,
+    HAS_BIAS_CORRECTION: tl.constexpr,
+    HAS_ISR: tl.constexpr,
+    HAS_ENTROPY_MASK: tl.constexpr,
+    HAS_DELTA: tl.constexpr,
+    LOSS_KIND: tl.constexpr,
+    SEQ_LEVEL: tl.constexpr,
 ):
     """Per-token loss pieces for one [BLOCK_B, BLOCK_T] tile (``adv``, ``row_mult``, ``phi`` are [BLOCK_B, 1]).
 
     Returns ``(ptl, d_coef, d_direct, kl, coef_1_metric)``: the unmasked per-token loss, its partial derivatives
     with respect to ``coef_1`` and (directly) to the log-prob, the KL term (bias correction included), and the
-    ratio the clip metrics read (after trl's ``delta`` clamp).
+    ratio the clip metrics read (after trl's ``delta`` clamp). At token level the bias-corrected KL's whole
+    gradient is in ``d_direct``; ``d logp = d_direct + d_coef * coef_1`` either way.
     """
     mult = row_mult + tl.zeros_like(lp)  # off-policy mask [BLOCK_B, 1] -> [BLOCK_B, BLOCK_T]
     if HAS_ENTROPY_MASK:
@@ -76,7 +130,7 @@ def _token_terms(
         in_clip = ((coef_1 >= 1.0 - eps_lo) & (coef_1 <= 1.0 + eps_hi)).to(tl.float32)
         if HAS_DELTA:
             coef_1d = tl.minimum(coef_1, delta)
-            pass_delta = (coef_1 <= delta).to(tl.float32)
+            pass_delta = (coef_1 < delta).to(tl.float32)
         else:
             coef_1d = coef_1
             pass_delta = tl.zeros_like(coef_1) + 1.0
@@ -112,29 +166,65 @@ def _token_terms(
         kl = e - diff - 1.0
         dkl = 1.0 - e
         if HAS_BIAS_CORRECTION:  # per_token_kl * coef_1: the ratio carries gradient through the KL too
-            d_coef = d_coef + beta * kl
+            if SEQ_LEVEL:
+                d_coef = d_coef + beta * kl
+                d_direct = d_direct + beta * dkl * coef_1
+            else:
+                # d(kl * exp(logp - old)) / dlogp = (1 - e^diff + e^diff - diff - 1) * coef_1 = -diff * coef_1,
+                # exact, where the two-term sum loses every digit in fp32 at large |diff|.
+                d_direct = d_direct - beta * diff * coef_1
             kl = kl * coef_1
-            dkl = dkl * coef_1
+        else:
+            d_direct = d_direct + beta * dkl
         ptl = ptl + beta * kl
-        d_direct = d_direct + beta * dkl
     return ptl, d_coef, d_direct, kl, coef_metric
 
 
 @triton.jit
 def grpo_loss_fwd_kernel(
-    lp_ptr, old_ptr, ref_ptr, samp_ptr, ent_ptr, emask_ptr, mask_ptr,  # each [B, T], row-major contiguous
+    lp_ptr,
+    old_ptr,
+    ref_ptr,
+    samp_ptr,
+    ent_ptr,
+    emask_ptr,
+    mask_ptr,  # each [B, T], row-major contiguous
     isr_ptr,  # [B, T] or [B, 1] (strides below)
     adv_ptr,  # [B]
     stats_ptr,  # [B, NUM_STATS] fp32
-    grad_lp_ptr, grad_ent_ptr,  # [B, T] fp32, written with COMPUTE_GRAD (grad_ent also needs HAS_ENTROPY_BONUS)
-    B, T, stride_isr_b, stride_isr_t,
-    beta, eps_lo, eps_hi, delta, off_policy_threshold, sapo_t_pos, sapo_t_neg,
-    vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, entropy_coef,
-    HAS_OLD: tl.constexpr, HAS_KL: tl.constexpr, HAS_BIAS_CORRECTION: tl.constexpr, HAS_SAMPLING: tl.constexpr,
-    HAS_ISR: tl.constexpr, HAS_ENTROPIES: tl.constexpr, HAS_ENTROPY_MASK: tl.constexpr,
-    HAS_ENTROPY_BONUS: tl.constexpr, HAS_DELTA: tl.constexpr, HAS_OFF_POLICY: tl.constexpr,
-    SEQ_LEVEL: tl.constexpr, LOSS_KIND: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
+    grad_lp_ptr,
+    grad_ent_ptr,  # [B, T] fp32, written with COMPUTE_GRAD (grad_ent also needs HAS_ENTROPY_BONUS)
+    B,
+    T,
+    stride_isr_b,
+    stride_isr_t,
+    beta,
+    eps_lo,
+    eps_hi,
+    delta,
+    off_policy_threshold,
+    sapo_t_pos,
+    sapo_t_neg,
+    vespo_k_pos,
+    vespo_lambda_pos,
+    vespo_k_neg,
+    vespo_lambda_neg,
+    entropy_coef,
+    HAS_OLD: tl.constexpr,
+    HAS_KL: tl.constexpr,
+    HAS_BIAS_CORRECTION: tl.constexpr,
+    HAS_SAMPLING: tl.constexpr,
+    HAS_ISR: tl.constexpr,
+    HAS_ENTROPIES: tl.constexpr,
+    HAS_ENTROPY_MASK: tl.constexpr,
+    HAS_ENTROPY_BONUS: tl.constexpr,
+    HAS_DELTA: tl.constexpr,
+    HAS_OFF_POLICY: tl.constexpr,
+    SEQ_LEVEL: tl.constexpr,
+    LOSS_KIND: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)  # [BLOCK_B]
@@ -158,18 +248,12 @@ def grpo_loss_fwd_kernel(
             offs = row_base + cols.to(tl.int64)[None, :]  # [BLOCK_B, BLOCK_T] int64
             m = _load_tile(mask_ptr, offs, tile_mask, 0.0)
             lp = _load_tile(lp_ptr, offs, tile_mask, 0.0)
-            if HAS_OLD:
-                old = _load_tile(old_ptr, offs, tile_mask, 0.0)
-            else:
-                old = lp
+            old = _load_tile(old_ptr, offs, tile_mask, 0.0) if HAS_OLD else lp
             log_ratio = lp - old
             count += tl.sum(m, axis=1)
             lr_sum += tl.sum(log_ratio * m, axis=1)
             if HAS_OFF_POLICY:
-                if HAS_SAMPLING:
-                    samp = _load_tile(samp_ptr, offs, tile_mask, 0.0)
-                else:
-                    samp = old
+                samp = _load_tile(samp_ptr, offs, tile_mask, 0.0) if HAS_SAMPLING else old
                 kl_div = samp - lp
                 kl_div = tl.where(kl_div != kl_div, 0.0, kl_div)  # torch.nan_to_num(nan=0.0): inf -> +-FLT_MAX
                 kl_div = tl.minimum(tl.maximum(kl_div, -FLT_MAX), FLT_MAX)
@@ -180,12 +264,14 @@ def grpo_loss_fwd_kernel(
                 if ISR_IN_PHI:  # every position of the row, as trl does (not masked)
                     isr = tl.load(
                         isr_ptr + rows64[:, None] * stride_isr_b + cols.to(tl.int64)[None, :] * stride_isr_t,
-                        mask=tile_mask, other=1.0,
+                        mask=tile_mask,
+                        other=1.0,
                     ).to(tl.float32)  # [BLOCK_B, BLOCK_T]
                     log_isr = tl.minimum(tl.maximum(tl.log(isr), VESPO_LOG_W_MIN), VESPO_LOG_RATIO_CLAMP)
                     vespo_sum += tl.sum(tl.where(tile_mask, log_isr, 0.0), axis=1)
     count_c = tl.maximum(count, 1.0)  # [BLOCK_B]
-    coef_row = tl.exp(lr_sum / count_c)[:, None]  # [BLOCK_B, 1], sequence-level importance weight
+    coef_seq = tl.exp(lr_sum / count_c)  # [BLOCK_B], sequence-level importance weight
+    coef_row = coef_seq[:, None]  # [BLOCK_B, 1]
     row_mult = tl.full((BLOCK_B, 1), 1.0, tl.float32)
     if HAS_OFF_POLICY:
         keep = (adv >= 0) | ((opm_sum / count_c)[:, None] <= off_policy_threshold)
@@ -215,32 +301,48 @@ def grpo_loss_fwd_kernel(
         cols = t0 + tl.arange(0, BLOCK_T)  # [BLOCK_T]
         tile_mask = row_mask[:, None] & (cols < T)[None, :]  # [BLOCK_B, BLOCK_T]
         offs = row_base + cols.to(tl.int64)[None, :]  # [BLOCK_B, BLOCK_T] int64
-        m = _load_tile(mask_ptr, offs, tile_mask, 0.0)
-        lp = _load_tile(lp_ptr, offs, tile_mask, 0.0)
-        if HAS_OLD:
-            old = _load_tile(old_ptr, offs, tile_mask, 0.0)
-        else:
-            old = lp
-        ref = lp
-        if HAS_KL:
-            ref = _load_tile(ref_ptr, offs, tile_mask, 0.0)
-        isr = lp
-        if HAS_ISR:
-            isr = tl.load(
-                isr_ptr + rows64[:, None] * stride_isr_b + cols.to(tl.int64)[None, :] * stride_isr_t,
-                mask=tile_mask, other=1.0,
-            ).to(tl.float32)  # [BLOCK_B, BLOCK_T]
-        emask = lp
-        if HAS_ENTROPY_MASK:
-            emask = _load_tile(emask_ptr, offs, tile_mask, 0.0)
-        if SEQ_LEVEL:
-            coef_1 = coef_row + tl.zeros_like(lp)
-        else:
-            coef_1 = tl.exp(lp - old)
+        m, lp, old, ref, isr, emask = _load_token_inputs(
+            lp_ptr,
+            old_ptr,
+            ref_ptr,
+            isr_ptr,
+            emask_ptr,
+            mask_ptr,
+            rows64,
+            cols,
+            offs,
+            tile_mask,
+            stride_isr_b,
+            stride_isr_t,
+            HAS_OLD,
+            HAS_KL,
+            HAS_ISR,
+            HAS_ENTROPY_MASK,
+        )  # each [BLOCK_B, BLOCK_T]
+        coef_1 = coef_row + tl.zeros_like(lp) if SEQ_LEVEL else tl.exp(lp - old)
         ptl, d_coef, d_direct, kl, coef_metric = _token_terms(
-            lp, old, ref, isr, emask, adv, coef_1, row_mult,
-            beta, eps_lo, eps_hi, delta, sapo_t_pos, sapo_t_neg, phi,
-            HAS_KL, HAS_BIAS_CORRECTION, ISR_IN_LOSS, HAS_ENTROPY_MASK, HAS_DELTA, LOSS_KIND,
+            lp,
+            old,
+            ref,
+            isr,
+            emask,
+            adv,
+            coef_1,
+            row_mult,
+            beta,
+            eps_lo,
+            eps_hi,
+            delta,
+            sapo_t_pos,
+            sapo_t_neg,
+            phi,
+            HAS_KL,
+            HAS_BIAS_CORRECTION,
+            ISR_IN_LOSS,
+            HAS_ENTROPY_MASK,
+            HAS_DELTA,
+            LOSS_KIND,
+            SEQ_LEVEL,
         )
         count2 += tl.sum(m, axis=1)
         row_loss += tl.sum(ptl * m, axis=1)
@@ -294,33 +396,52 @@ def grpo_loss_fwd_kernel(
 
     # ---- pass 3 (sequence level): every token moves coef_1 = exp(masked mean log-ratio) ----
     if SEQ_LEVEL and COMPUTE_GRAD:
-        row_term = (coef_row[:, 0] * d_coef_sum / count_c)[:, None]  # [BLOCK_B, 1]
+        row_term = (coef_seq * d_coef_sum / count_c)[:, None]  # [BLOCK_B, 1]
         for t0 in range(0, T, BLOCK_T):
             cols = t0 + tl.arange(0, BLOCK_T)  # [BLOCK_T]
             tile_mask = row_mask[:, None] & (cols < T)[None, :]  # [BLOCK_B, BLOCK_T]
             offs = row_base + cols.to(tl.int64)[None, :]  # [BLOCK_B, BLOCK_T] int64
-            m = _load_tile(mask_ptr, offs, tile_mask, 0.0)
-            lp = _load_tile(lp_ptr, offs, tile_mask, 0.0)
-            if HAS_OLD:
-                old = _load_tile(old_ptr, offs, tile_mask, 0.0)
-            else:
-                old = lp
-            ref = lp
-            if HAS_KL:
-                ref = _load_tile(ref_ptr, offs, tile_mask, 0.0)
-            isr = lp
-            if HAS_ISR:
-                isr = tl.load(
-                    isr_ptr + rows64[:, None] * stride_isr_b + cols.to(tl.int64)[None, :] * stride_isr_t,
-                    mask=tile_mask, other=1.0,
-                ).to(tl.float32)  # [BLOCK_B, BLOCK_T]
-            emask = lp
-            if HAS_ENTROPY_MASK:
-                emask = _load_tile(emask_ptr, offs, tile_mask, 0.0)
+            m, lp, old, ref, isr, emask = _load_token_inputs(
+                lp_ptr,
+                old_ptr,
+                ref_ptr,
+                isr_ptr,
+                emask_ptr,
+                mask_ptr,
+                rows64,
+                cols,
+                offs,
+                tile_mask,
+                stride_isr_b,
+                stride_isr_t,
+                HAS_OLD,
+                HAS_KL,
+                HAS_ISR,
+                HAS_ENTROPY_MASK,
+            )  # each [BLOCK_B, BLOCK_T]
             coef_1 = coef_row + tl.zeros_like(lp)
             ptl, d_coef, d_direct, kl, coef_metric = _token_terms(
-                lp, old, ref, isr, emask, adv, coef_1, row_mult,
-                beta, eps_lo, eps_hi, delta, sapo_t_pos, sapo_t_neg, phi,
-                HAS_KL, HAS_BIAS_CORRECTION, ISR_IN_LOSS, HAS_ENTROPY_MASK, HAS_DELTA, LOSS_KIND,
+                lp,
+                old,
+                ref,
+                isr,
+                emask,
+                adv,
+                coef_1,
+                row_mult,
+                beta,
+                eps_lo,
+                eps_hi,
+                delta,
+                sapo_t_pos,
+                sapo_t_neg,
+                phi,
+                HAS_KL,
+                HAS_BIAS_CORRECTION,
+                ISR_IN_LOSS,
+                HAS_ENTROPY_MASK,
+                HAS_DELTA,
+                LOSS_KIND,
+                SEQ_LEVEL,
             )
             tl.store(grad_lp_ptr + offs, m * d_direct + m * row_term, mask=tile_mask)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import logit_transform
+from .common import grouped_tile, logit_transform
 from .linear_logprobs_fwd import _logits_tile
 
 
@@ -53,9 +53,11 @@ def linear_logprobs_dlogits_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_N: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
+    # Grouped order: GROUP_N row blocks sweep the chunk's vocabulary blocks together (X blocks and the chunk's
+    # weight tiles stay in L2).
+    pid_n, pid_v = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(width, BLOCK_V), GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_mask = rows < N
     rows64 = rows.to(tl.int64)

@@ -5,10 +5,10 @@ Math (per row, ``z`` the transformed logits, see ``fastgrpo.linear_logprobs``)::
     lse = logsumexp(z);  logp = z[target] - lse;  entropy = lse - sum(softmax(z) * z)
     softmax_w = (softmax(z) * dz/dy) @ W          # frozen-head identity, only with HAS_SOFTMAX_W
 
-``linear_logprobs_fwd_kernel`` runs one program per (row block, vocabulary split); the splits give enough programs
-when N is small. Row blocks of one split are adjacent in launch order (axis 0), so they stream the same weight tiles
-through L2 at about the same time. Each program writes its split's partial statistics; ``combine_splits_kernel``
-merges them in a fixed order (deterministic, no atomics).
+``linear_logprobs_fwd_kernel`` runs one program per (row block, vocabulary split), in grouped order (GROUP_N row
+blocks x all splits run together: their X blocks and the splits' current weight tiles stay in L2). The splits give
+enough programs when N is small and L2 reuse when N is large. Each program writes its split's partial statistics;
+``combine_splits_kernel`` merges them in a fixed order (deterministic, no atomics).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import combine_partials, logit_transform, online_softmax_update
+from .common import combine_partials, grouped_tile, logit_transform, online_softmax_update
 
 
 @triton.jit
@@ -92,9 +92,9 @@ def linear_logprobs_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_N: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
+    pid_n, split = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(V, v_per_split), GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_mask = rows < N
     rows64 = rows.to(tl.int64)

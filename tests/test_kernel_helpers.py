@@ -1,0 +1,57 @@
+"""The shared Triton helpers on their own: grouped launch order and the online-softmax update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from fastgrpo_kernels.common import grouped_tile, online_softmax_update
+
+
+@triton.jit
+def _grouped_kernel(out_ptr, n_rows, n_cols, GROUP: tl.constexpr):
+    pid = tl.program_id(0)
+    r, c = grouped_tile(pid, n_rows, n_cols, GROUP)
+    tl.store(out_ptr + r * n_cols + c, pid)
+
+
+@pytest.mark.parametrize("n_rows, n_cols, group", [(3, 5, 2), (8, 1, 8), (1, 7, 4), (9, 4, 3), (5, 3, 1)])
+def test_grouped_tile_is_a_bijection(n_rows, n_cols, group):
+    out = torch.full((n_rows, n_cols), -1, dtype=torch.int32)
+    _grouped_kernel[(n_rows * n_cols,)](out, n_rows, n_cols, GROUP=group)
+    assert sorted(out.flatten().tolist()) == list(range(n_rows * n_cols))
+    # Consecutive programs of one full group cover `group` row blocks of the same column before moving on.
+    if n_rows >= group:
+        assert sorted(out[:group, 0].tolist()) == list(range(group))
+
+
+@triton.jit
+def _online_kernel(z_ptr, m_ptr, s_ptr, t_ptr, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    rows = tl.arange(0, BLOCK_N)
+    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        z = tl.load(z_ptr + rows[:, None] * V + cols[None, :], mask=cols[None, :] < V, other=float("-inf"))
+        m, s, t, e, alpha = online_softmax_update(m, s, t, z)
+    tl.store(m_ptr + rows, m)
+    tl.store(s_ptr + rows, s)
+    tl.store(t_ptr + rows, t)
+
+
+def test_online_softmax_update_gives_logsumexp_and_entropy():
+    # Rows whose maximum arrives late (rescaling) and rows with large offsets (cancellation in lse - E[z]).
+    z = torch.randn(16, 100) * 4
+    z[0, 90:] += 30
+    z[1] += 1000.0
+    m, s, t = (torch.full((16,), float("nan")) for _ in range(3))
+    _online_kernel[(1,)](z, m, s, t, 100, BLOCK_N=16, BLOCK_V=32)
+    z64 = z.double()
+    lse = torch.logsumexp(z64, -1)
+    p = torch.softmax(z64, -1)
+    entropy = -(p * torch.log_softmax(z64, -1)).sum(-1)
+    torch.testing.assert_close((m + torch.log(s)).double(), lse, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close((torch.log(s) - t / s).double(), entropy, rtol=1e-5, atol=1e-5)
