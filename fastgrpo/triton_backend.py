@@ -80,7 +80,7 @@ def forward(
     """Returns ``(logp, entropy, lse, softmax_w, target_scale)``, all fp32; the last two empty unless accumulated."""
     _check_dtype(compute_dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
-    cfg = configs.get_config()
+    cfg = configs.get_config(_dot_precision(compute_dtype) == "ieee")
     n, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
@@ -96,7 +96,7 @@ def forward(
     splits = configs.num_splits(cfg, n, h, vocab, _device_sms(dev), accumulate_softmax_w)
     v_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)  # every split non-empty
-    part = _empty((5, splits, n), dev, f32, cfg.poison)  # m, s, t, target logit, target dz/dy
+    part = _empty((3, splits, n), dev, f32, cfg.poison)  # m, s, t
     part_acc = _empty((splits, n, h) if accumulate_softmax_w else 1, dev, f32, cfg.poison)
     if not accumulate_softmax_w:
         softmax_w = torch.empty(0, device=dev, dtype=f32)
@@ -105,61 +105,26 @@ def forward(
     else:
         softmax_w = _empty((n, h), dev, f32, cfg.poison)
 
+    b_arg = bias if bias is not None else hidden  # any valid pointer; unread without HAS_BIAS
     scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
+    strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
+    flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=opts.softcap is not None, HAS_SOFTMAX_W=accumulate_softmax_w)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
-        hidden,
-        weight,
-        bias if bias is not None else hidden,
-        targets,
-        part[0],
-        part[1],
-        part[2],
-        part[3],
-        part[4],
-        part_acc,
-        n,
-        h,
-        vocab,
-        v_per_split,
-        hidden.stride(0),
-        hidden.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        **scalars,
-        HAS_BIAS=bias is not None,
-        HAS_SOFTCAP=opts.softcap is not None,
-        HAS_SOFTMAX_W=accumulate_softmax_w,
-        DOT_DTYPE=_dot_dtype(compute_dtype),
-        DOT_PRECISION=_dot_precision(compute_dtype),
-        BLOCK_N=cfg.block_n,
-        BLOCK_V=cfg.block_v,
-        BLOCK_K=cfg.block_k,
-        GROUP_N=cfg.group_n,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+        hidden, weight, b_arg, part[0], part[1], part[2], part_acc,
+        n, h, vocab, v_per_split, *strides,
+        **scalars, **flags,
+        DOT_DTYPE=_dot_dtype(compute_dtype), DOT_PRECISION=_dot_precision(compute_dtype),
+        BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
     combine_splits_kernel[(triton.cdiv(n, cfg.combine_block_n),)](
-        part[0],
-        part[1],
-        part[2],
-        part[3],
-        part[4],
-        part_acc,
-        targets,
-        logp,
-        entropy if opts.return_entropy else logp,
-        lse,
-        softmax_w if accumulate_softmax_w else logp,
-        target_scale if accumulate_softmax_w else logp,
-        n,
-        h,
-        splits,
-        opts.ignore_index,
-        HAS_ENTROPY=opts.return_entropy,
-        HAS_SOFTMAX_W=accumulate_softmax_w,
-        BLOCK_N=cfg.combine_block_n,
-        BLOCK_K=cfg.combine_block_k,
-    )
+        part[0], part[1], part[2], part_acc, hidden, weight, b_arg, targets,
+        logp, entropy if opts.return_entropy else logp, lse,
+        softmax_w if accumulate_softmax_w else logp, target_scale if accumulate_softmax_w else logp,
+        n, h, vocab, splits, opts.ignore_index, *strides,
+        **scalars, **flags, HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
+        BLOCK_N=cfg.combine_block_n, BLOCK_K=cfg.combine_block_k,
+    )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
 
 
@@ -203,7 +168,7 @@ def backward(
 
     out_dtypes = (hidden.dtype, weight.dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
-    cfg = configs.get_config()
+    cfg = configs.get_config(_dot_precision(compute_dtype) == "ieee")
     n, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device

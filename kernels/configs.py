@@ -37,8 +37,13 @@ class KernelConfig:
     poison: bool = False
 
 
-# Hopper-class defaults for bf16; issue 6 tunes these per (H, N) class.
+# Hopper-class defaults for 16-bit operands: 128x128x64 tiles, 8 warps, 3 stages compile for sm_90 to wgmma with
+# pipelined async copies and no spills (tools/compile_report.py; tests/test_kernel_compile.py). Issue 6 tunes these
+# per (H, N) class on the GPU.
 GPU_CONFIG = KernelConfig()
+# fp32 operands (e.g. trl's cast_lm_head_to_fp32) use exact fp32 FMAs, not tensor cores: smaller tiles to stay
+# within the register file.
+GPU_CONFIG_FP32 = KernelConfig(block_n=64, block_v=64, block_k=16, num_warps=4, num_stages=3)
 # The interpreter runs one program after another in numpy: small blocks so tiny test shapes span several blocks.
 INTERPRETER_CONFIG = KernelConfig(
     block_n=16,
@@ -54,8 +59,9 @@ INTERPRETER_CONFIG = KernelConfig(
 _overrides: dict = {}
 
 
-def get_config() -> KernelConfig:
-    base = INTERPRETER_CONFIG if INTERPRET else GPU_CONFIG
+def get_config(fp32_operands: bool = False) -> KernelConfig:
+    """The launch config: interpreter, or the GPU table entry for the operand precision, plus any overrides."""
+    base = INTERPRETER_CONFIG if INTERPRET else GPU_CONFIG_FP32 if fp32_operands else GPU_CONFIG
     return dataclasses.replace(base, **_overrides) if _overrides else base
 
 

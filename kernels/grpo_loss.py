@@ -130,7 +130,7 @@ def _token_terms(
         in_clip = ((coef_1 >= 1.0 - eps_lo) & (coef_1 <= 1.0 + eps_hi)).to(tl.float32)
         if HAS_DELTA:
             coef_1d = tl.minimum(coef_1, delta)
-            pass_delta = (coef_1 < delta).to(tl.float32)
+            pass_delta = (coef_1 <= delta).to(tl.float32)
         else:
             coef_1d = coef_1
             pass_delta = tl.zeros_like(coef_1) + 1.0

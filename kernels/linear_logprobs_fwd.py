@@ -3,6 +3,7 @@
 Math (per row, ``z`` the transformed logits, see ``fastgrpo.linear_logprobs``)::
 
     lse = logsumexp(z);  logp = z[target] - lse;  entropy = lse - sum(softmax(z) * z)
+    z[target] = transform(x . W[target] + b[target])   # an indexed dot, in the combine kernel
     softmax_w = (softmax(z) * dz/dy) @ W          # frozen-head identity, only with HAS_SOFTMAX_W
 
 ``linear_logprobs_fwd_kernel`` runs one program per (row block, vocabulary split), in grouped order (GROUP_N row
@@ -63,15 +64,12 @@ def _logits_tile(
 
 @triton.jit
 def linear_logprobs_fwd_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    tgt_ptr,  # [N, H], [V, H], [V], [N]
-    part_m_ptr,
-    part_s_ptr,
-    part_t_ptr,
-    part_zt_ptr,
-    part_at_ptr,  # each [SPLITS, N] fp32
+    x_ptr,  # [N, H]
+    w_ptr,  # [V, H]
+    b_ptr,  # [V]
+    part_m_ptr,  # [SPLITS, N] fp32 running max
+    part_s_ptr,  # [SPLITS, N] fp32 sum exp(z - m)
+    part_t_ptr,  # [SPLITS, N] fp32 sum exp(z - m) * (z - m)
     part_acc_ptr,  # [SPLITS, N, H] fp32, only with HAS_SOFTMAX_W
     N,
     H,
@@ -98,15 +96,14 @@ def linear_logprobs_fwd_kernel(
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_mask = rows < N
     rows64 = rows.to(tl.int64)
-    tgt = tl.load(tgt_ptr + rows64, mask=row_mask, other=-1).to(tl.int64)  # ignore_index never matches a column
     v_start = split * v_per_split
     v_end = tl.minimum(v_start + v_per_split, V)
 
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)  # target logit, if the target is in this split
-    at = tl.zeros((BLOCK_N,), dtype=tl.float32)  # dz/dy at the target
+    # The target logit is not picked out of the tiles here (a [BLOCK_N, BLOCK_V] compare per tile costs registers
+    # in the hot loop): the combine kernel computes it as one indexed dot per row.
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)  # [BLOCK_V]
         col_mask = cols < v_end
@@ -135,9 +132,6 @@ def linear_logprobs_fwd_kernel(
         # Padded vocabulary columns must not enter the logsumexp.
         z = tl.where(col_mask[None, :], z, float("-inf"))
         m, s, t, e, alpha = online_softmax_update(m, s, t, z)
-        hit = cols64[None, :] == tgt[:, None]  # [BLOCK_N, BLOCK_V]
-        zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
-        at += tl.sum(tl.where(hit, dz_dy, 0.0), axis=1)
         if HAS_SOFTMAX_W:
             # acc = acc * alpha + (e * dz/dy) @ W[cols]: the rescaled running sum, kept in the split's fp32 slice.
             pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V]
@@ -160,30 +154,40 @@ def linear_logprobs_fwd_kernel(
     tl.store(part_m_ptr + out, m, mask=row_mask)
     tl.store(part_s_ptr + out, s, mask=row_mask)
     tl.store(part_t_ptr + out, t, mask=row_mask)
-    tl.store(part_zt_ptr + out, zt, mask=row_mask)
-    tl.store(part_at_ptr + out, at, mask=row_mask)
 
 
 @triton.jit
 def combine_splits_kernel(
-    part_m_ptr,
+    part_m_ptr,  # [SPLITS, N] fp32, as written by linear_logprobs_fwd_kernel
     part_s_ptr,
     part_t_ptr,
-    part_zt_ptr,
-    part_at_ptr,
-    part_acc_ptr,  # partials, as above
-    tgt_ptr,
-    logp_ptr,
+    part_acc_ptr,  # [SPLITS, N, H] fp32, only with HAS_SOFTMAX_W
+    x_ptr,  # [N, H]
+    w_ptr,  # [V, H]
+    b_ptr,  # [V]
+    tgt_ptr,  # [N]
+    logp_ptr,  # [N] fp32 outputs
     entropy_ptr,
     lse_ptr,
-    softmax_w_ptr,
-    target_scale_ptr,  # outputs [N] / [N, H]
+    softmax_w_ptr,  # [N, H] fp32, only with HAS_SOFTMAX_W (may alias part_acc_ptr when SPLITS == 1)
+    target_scale_ptr,  # [N] fp32 dz/dy at the target, only with HAS_SOFTMAX_W
     N,
     H,
+    V,
     SPLITS,
     ignore_index,
+    stride_xn,
+    stride_xh,
+    stride_wv,
+    stride_wh,
+    logit_scale,
+    softcap,
+    inv_t,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     HAS_ENTROPY: tl.constexpr,
     HAS_SOFTMAX_W: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -196,8 +200,6 @@ def combine_splits_kernel(
         m_all = tl.maximum(m_all, tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0))
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    at = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for i in range(0, SPLITS):  # fixed order: bit-identical run to run
         idx = i * N + rows64
         _, s_i, t_i = combine_partials(
@@ -208,18 +210,31 @@ def combine_splits_kernel(
         )
         s += s_i
         t += t_i
-        zt += tl.load(part_zt_ptr + idx, mask=row_mask, other=0.0)  # nonzero in at most one split
-        at += tl.load(part_at_ptr + idx, mask=row_mask, other=0.0)
     log_s = tl.log(s)
     lse = m_all + log_s
+
+    # Target logit: an indexed dot x[row] . W[target] over H, with the operands rounded to the compute dtype as the
+    # tiles saw them and fp32 accumulation. Ignored rows read row 0 and are zeroed below.
     tgt = tl.load(tgt_ptr + rows64, mask=row_mask, other=ignore_index)
-    valid = tgt != ignore_index
+    valid = (tgt != ignore_index) & row_mask
+    safe = tl.where(valid & (tgt >= 0) & (tgt < V), tgt, 0).to(tl.int64)  # [BLOCK_N]
+    y_t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        io_mask = row_mask[:, None] & (ks < H)[None, :]
+        x = tl.load(x_ptr + rows64[:, None] * stride_xn + ks[None, :] * stride_xh, mask=io_mask, other=0.0)
+        w = tl.load(w_ptr + safe[:, None] * stride_wv + ks[None, :] * stride_wh, mask=io_mask, other=0.0)
+        y_t += tl.sum(x.to(DOT_DTYPE).to(tl.float32) * w.to(DOT_DTYPE).to(tl.float32), axis=1)  # [BLOCK_N]
+    if HAS_BIAS:
+        y_t += tl.load(b_ptr + safe, mask=row_mask, other=0.0).to(tl.float32)
+    z_t, a_t = logit_transform(y_t, logit_scale, softcap, inv_t, HAS_SOFTCAP)
+
     tl.store(lse_ptr + rows64, lse, mask=row_mask)
-    tl.store(logp_ptr + rows64, tl.where(valid, zt - lse, 0.0), mask=row_mask)
+    tl.store(logp_ptr + rows64, tl.where(valid, z_t - lse, 0.0), mask=row_mask)
     if HAS_ENTROPY:
         tl.store(entropy_ptr + rows64, tl.where(valid, log_s - t / s, 0.0), mask=row_mask)
     if HAS_SOFTMAX_W:
-        tl.store(target_scale_ptr + rows64, at, mask=row_mask)
+        tl.store(target_scale_ptr + rows64, a_t, mask=row_mask)
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
             io_mask = row_mask[:, None] & (ks < H)[None, :]

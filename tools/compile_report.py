@@ -1,0 +1,180 @@
+"""Compile fastgrpo's lm_head kernels for a GPU target without a GPU and report registers, spills, shared memory.
+
+    python tools/compile_report.py [--arch 90] [--dtype bf16] [--block-n 128 --block-v 128 --block-k 64 ...] [--check]
+
+Run without TRITON_INTERPRET. Useful to choose block shapes before a GPU session, and as a smoke test that the
+kernels lower for sm_90 (tests/test_kernel_compile.py runs it on a few variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("unset TRITON_INTERPRET: the compiler must see the kernels")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fastgrpo_kernels import configs  # noqa: E402
+from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel  # noqa: E402
+from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel  # noqa: E402
+
+_INT_ARGS = {"N", "H", "V", "v_per_split", "c0", "width", "SPLITS", "ignore_index"}
+_FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
+_TL = {"bf16": triton.language.bfloat16, "fp16": triton.language.float16, "fp32": triton.language.float32}
+
+
+def _signature(kernel, dtype: str, ws_dtype: str) -> dict:
+    sig = {}
+    for p in inspect.signature(kernel.fn).parameters:
+        if p.endswith("_ptr"):
+            if p in ("x_ptr", "w_ptr", "b_ptr"):
+                sig[p] = f"*{dtype}"
+            elif p == "tgt_ptr":
+                sig[p] = "*i64"
+            elif p == "dy_ptr":
+                sig[p] = f"*{ws_dtype}"
+            else:
+                sig[p] = "*fp32"
+        elif p.startswith("stride_") or p in _INT_ARGS:
+            sig[p] = "i64" if p.startswith("stride_") else "i32"
+        elif p in _FLOAT_ARGS:
+            sig[p] = "fp32"
+        else:
+            sig[p] = "constexpr"
+    return sig
+
+
+# What Triton's JIT specializes at a real launch with contiguous Qwen-shaped inputs: unit inner strides become the
+# constant 1, and pointers and integers divisible by 16 carry that divisibility (which vectorized, pipelined async
+# copies need). Without this, the compiled code is not what a launch runs.
+_UNIT_STRIDES = {"stride_xh", "stride_wh"}
+_DIV16_INTS = {"H", "V", "v_per_split", "stride_xn", "stride_wv", "stride_dyn", "stride_dbn", "c0"}
+
+
+def compile_kernel(
+    kernel, constexprs: dict, dtype: str = "bf16", arch: int = 90, num_warps: int = 8, num_stages: int = 3
+):
+    params = list(inspect.signature(kernel.fn).parameters)
+    constexprs = {**{p: 1 for p in params if p in _UNIT_STRIDES}, **constexprs}
+    signature = _signature(kernel, dtype, dtype)
+    signature.update({p: "constexpr" for p in params if p in _UNIT_STRIDES})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr") or p in _DIV16_INTS}
+    src = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(params.index(k),): v for k, v in constexprs.items()},
+        attrs=attrs,
+    )
+    return triton.compile(
+        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+    )
+
+
+def variants(dtype: str, block_n: int, block_v: int, block_k: int, group_n: int):
+    dot = _TL[dtype]
+    precision = "ieee" if dtype == "fp32" else None
+    blocks = dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_K=block_k, GROUP_N=group_n)
+    for softmax_w in (False, True):
+        yield (
+            f"fwd softmax_w={softmax_w}",
+            linear_logprobs_fwd_kernel,
+            dict(
+                HAS_BIAS=True,
+                HAS_SOFTCAP=True,
+                HAS_SOFTMAX_W=softmax_w,
+                DOT_DTYPE=dot,
+                DOT_PRECISION=precision,
+                **blocks,
+            ),
+        )
+    yield (
+        "dlogits",
+        linear_logprobs_dlogits_kernel,
+        dict(
+            HAS_BIAS=True,
+            HAS_SOFTCAP=True,
+            HAS_LOGP_GRAD=True,
+            HAS_ENTROPY_GRAD=True,
+            HAS_BIAS_GRAD=True,
+            DOT_DTYPE=dot,
+            DOT_PRECISION=precision,
+            **blocks,
+        ),
+    )
+    yield (
+        "combine",
+        combine_splits_kernel,
+        dict(
+            HAS_BIAS=True,
+            HAS_SOFTCAP=True,
+            HAS_ENTROPY=True,
+            HAS_SOFTMAX_W=True,
+            DOT_DTYPE=dot,
+            BLOCK_N=64,
+            BLOCK_K=128,
+        ),
+    )
+
+
+def resource_usage(compiled) -> tuple[int, int, int, int]:
+    """(registers, stack bytes, local-memory instructions, dynamic shared-memory bytes) from the cubin, read with
+    Triton's bundled cuobjdump. Stack bytes and LDL/STL instructions mean register spills."""
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        usage = subprocess.run(
+            [f"{tools}/cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+        sass = subprocess.run([f"{tools}/cuobjdump", "-sass", f.name], capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+    local = sum(("LDL" in line or "STL" in line) for line in sass.stdout.splitlines())
+    return regs, stack, local, compiled.metadata.shared
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--dtype", choices=sorted(_TL), default="bf16")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dtype", choices=sorted(_TL), default="bf16")
+    # defaults: the shipped GPU launch table for that operand dtype
+    gpu = configs.GPU_CONFIG_FP32 if pre.parse_known_args()[0].dtype == "fp32" else configs.GPU_CONFIG
+    ap.add_argument("--block-n", type=int, default=gpu.block_n)
+    ap.add_argument("--block-v", type=int, default=gpu.block_v)
+    ap.add_argument("--block-k", type=int, default=gpu.block_k)
+    ap.add_argument("--group-n", type=int, default=gpu.group_n)
+    ap.add_argument("--num-warps", type=int, default=gpu.num_warps)
+    ap.add_argument("--num-stages", type=int, default=gpu.num_stages)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a GEMM kernel spills, or misses wgmma/async copies")
+    args = ap.parse_args()
+    failures = []
+    print(f"{'kernel':<24} {'regs':>5} {'stack':>6} {'LDL/STL':>8} {'smem KiB':>9} {'async':>6}  mma")
+    for name, kernel, const in variants(args.dtype, args.block_n, args.block_v, args.block_k, args.group_n):
+        c = compile_kernel(kernel, const, args.dtype, args.arch, args.num_warps, args.num_stages)
+        ptx = c.asm["ptx"]
+        mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "-"
+        regs, stack, local, smem = resource_usage(c)
+        n_async = c.asm["ttgir"].count("async_copy_global_to_local")  # software-pipelined loads
+        print(f"{name:<24} {regs:>5} {stack:>6} {local:>8} {smem / 1024:>9.1f} {n_async:>6}  {mma}")
+        want_wgmma = args.dtype != "fp32"  # exact fp32 (no TF32) runs on FMAs
+        if name != "combine" and (stack or local or (want_wgmma and mma != "wgmma") or n_async == 0):
+            failures.append(name)
+    if args.check and failures:
+        sys.exit(f"spills, no wgmma or no pipelined loads in: {', '.join(failures)}")
+
+
+if __name__ == "__main__":
+    main()
