@@ -76,16 +76,25 @@ class GRPOLossOptions:
                 f"{tuple(t for t in LOSS_TYPES if t != 'cispo')} for sequence-level (GSPO) ratios"
             )
         for name in (
-            "beta", "epsilon", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos",
-            "vespo_k_neg", "vespo_lambda_neg", "entropy_coef",
-        ):  # fmt: skip
+            "beta",
+            "epsilon",
+            "sapo_temperature_pos",
+            "sapo_temperature_neg",
+            "vespo_k_pos",
+            "vespo_lambda_pos",
+            "vespo_k_neg",
+            "vespo_lambda_neg",
+            "entropy_coef",
+        ):
             _check_number(name, getattr(self, name))
         for name in ("epsilon_high", "delta", "off_policy_mask_threshold"):
             _check_number(name, getattr(self, name), allow_none=True)
         if not isinstance(self.use_bias_correction_kl, bool):
             raise TypeError(f"use_bias_correction_kl must be a bool, got {type(self.use_bias_correction_kl).__name__}")
         if self.loss_type == "sapo" and (self.sapo_temperature_pos == 0 or self.sapo_temperature_neg == 0):
-            raise ValueError("sapo_temperature_pos and sapo_temperature_neg must be non-zero (the soft clip divides by them)")
+            raise ValueError(
+                "sapo_temperature_pos and sapo_temperature_neg must be non-zero (the soft clip divides by them)"
+            )
         if self.max_completion_length is not None:
             _check_positive_int("max_completion_length", self.max_completion_length)
         if self.loss_type == "dr_grpo" and self.max_completion_length is None:
