@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -38,3 +39,18 @@ def test_wheel_layout(tmp_path):
     assert "kernels" not in tops and "benchmarks" not in tops
     assert "fastgrpo_kernels/linear_logprobs_fwd.py" in names
     assert "fastgrpo_kernels/linear_logprobs_bwd.py" in names
+    # Installed from the wheel (not the source tree), the package and its kernels import and run.
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True
+    )
+    code = (
+        "import fastgrpo, fastgrpo_kernels.linear_logprobs_fwd as k, torch; "
+        f"assert fastgrpo.__file__.startswith({str(target)!r}) and k.__file__.startswith({str(target)!r}); "
+        "o = fastgrpo.linear_logprobs(torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 4, -100]), "
+        "backend='torch'); assert o.logp.shape == (3,); print('ok')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
