@@ -21,9 +21,11 @@ TILE_ELEMENTS = 1 << 22
 MAX_TOKEN_CHUNK = 512
 
 
-def _chunks(n: int, v: int) -> tuple[int, int]:
+def _chunks(n: int, v: int, h: int) -> tuple[int, int]:
+    """Token and vocabulary tile sizes: a [tokens, vocab] tile and the [vocab, H] per-chunk buffers (fp32 weight
+    operands, dW accumulators) each stay within TILE_ELEMENTS, whatever N is."""
     token_chunk = max(1, min(n, MAX_TOKEN_CHUNK))
-    vocab_chunk = min(v, max(1024, TILE_ELEMENTS // token_chunk))
+    vocab_chunk = min(v, max(256, min(TILE_ELEMENTS // token_chunk, TILE_ELEMENTS // max(h, 1))))
     return token_chunk, vocab_chunk
 
 
@@ -75,7 +77,7 @@ def forward(
     lse = torch.empty(n_tok, **f32)
     softmax_w = torch.empty((n_tok, h) if accumulate_softmax_w else (0,), **f32)
     target_scale = torch.empty(n_tok if accumulate_softmax_w else 0, **f32)
-    token_chunk, vocab_chunk = _chunks(n_tok, vocab)
+    token_chunk, vocab_chunk = _chunks(n_tok, vocab, h)
     valid_all = targets != opts.ignore_index
 
     for r0 in range(0, n_tok, token_chunk):
@@ -156,7 +158,7 @@ def backward(
     if g_l is None and g_h is None:
         return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
 
-    token_chunk, vocab_chunk = _chunks(n_tok, vocab)
+    token_chunk, vocab_chunk = _chunks(n_tok, vocab, h)
     # fp32 accumulators; with fp32 inputs they are the returned gradients themselves.
     grad_x = torch.zeros((n_tok, h), device=dev, dtype=acc) if need_x else None
     grad_w = torch.empty_like(weight) if need_w else None
@@ -165,7 +167,9 @@ def backward(
         c1 = min(c0 + vocab_chunk, vocab)
         w = _operand(weight[c0:c1], compute_dtype)
         b = None if bias is None else bias[c0:c1]
-        gw = torch.zeros((c1 - c0, h), device=dev, dtype=acc) if need_w else None
+        gw = None
+        if need_w:  # accumulate in place when the gradient is already in the accumulation dtype
+            gw = grad_w[c0:c1].zero_() if grad_w.dtype == acc else torch.zeros((c1 - c0, h), device=dev, dtype=acc)
         gb = torch.zeros(c1 - c0, device=dev, dtype=acc) if need_b else None
         for r0 in range(0, n_tok, token_chunk):
             r1 = min(r0 + token_chunk, n_tok)
@@ -190,7 +194,7 @@ def backward(
                 gw.addmm_(dy.T, x.to(acc))
             if gb is not None:
                 gb += dy.sum(0)
-        if gw is not None:
+        if gw is not None and grad_w.dtype != acc:
             grad_w[c0:c1] = gw
         if gb is not None:
             grad_b[c0:c1] = gb
