@@ -23,13 +23,14 @@ _LAZY = {
     "FastGRPOTrainer": "fastgrpo.integration",
     "patch_trl": "fastgrpo.integration",
     "unpatch_trl": "fastgrpo.integration",
+    "is_trl_patched": "fastgrpo.integration",
 }
 
 __all__ = ["LogProbOptions", "LogProbs", "linear_logprobs", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .grpo import GRPOLossOptions, GRPOLossOutput, fused_linear_grpo_loss, grpo_loss  # noqa: F401
-    from .integration import FastGRPOTrainer, patch_trl, unpatch_trl  # noqa: F401
+    from .integration import FastGRPOTrainer, is_trl_patched, patch_trl, unpatch_trl  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

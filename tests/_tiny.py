@@ -61,7 +61,7 @@ def build_model(
     seed: int = 0,
     **config_kwargs: Any,
 ) -> Any:
-    """Build a tiny random causal LM (``family`` in qwen2 / gemma2 / cohere) in fp32 and save it to ``path``."""
+    """Build a tiny random causal LM (``family``: qwen2 / gemma2 / cohere / mixtral) in fp32, saved to ``path``."""
     import torch
     import transformers
 
@@ -88,6 +88,9 @@ def build_model(
     elif family == "cohere":
         config = transformers.CohereConfig(**common, **config_kwargs)
         cls = transformers.CohereForCausalLM
+    elif family == "mixtral":  # MoE: router load-balancing loss
+        config = transformers.MixtralConfig(num_local_experts=2, num_experts_per_tok=1, **common, **config_kwargs)
+        cls = transformers.MixtralForCausalLM
     else:
         raise ValueError(f"unknown family {family!r}")
     torch.manual_seed(seed)

@@ -1,0 +1,358 @@
+"""A fused lm_head on a causal LM's forward: ``model(..., labels=..., fused_lm_head=True)`` -> per-token log-probs.
+
+This is fastgrpo's counterpart of trl's ``add_fused_lm_head`` (trl >= 1.15), with the same call contract, so trl's
+own ``_get_per_token_logps_and_entropies`` (1.15/1.16) and fastgrpo's (1.10-1.14) can both call it. The backbone runs
+as usual; only the positions whose next-token label is not -100 go through :func:`fastgrpo.linear_logprobs`, so no
+``[tokens, vocab]`` logits are ever formed. Because the projection runs inside the model's forward, DDP's gradient
+hooks, DeepSpeed's parameter hooks and FSDP's pre-forward gathering fire as they do for the model's own forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..api import linear_logprobs
+
+_ATTR = "_fastgrpo_fused_head"
+
+
+@dataclass
+class FusedHeadConfig:
+    """How a model's fused head forms its logits, and which backend runs the kernels."""
+
+    temperature: float = 1.0
+    cast_lm_head_to_fp32: bool = False
+    entropy: bool = False
+    backend: str = "auto"
+    softcap: float | None = None
+    logit_scale: float = 1.0
+
+
+@dataclass
+class FusedHeadOutput:
+    """Same fields as trl's ``FusedCausalLMOutput`` that trl's GRPO code reads; per-token fields are 0 at -100."""
+
+    loss: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    log_sum_sq_probs: None = None
+    mean_logits: None = None
+    is_top1: None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def head_logit_transform(text_config: Any) -> tuple[float | None, float]:
+    """(softcap, logit_scale) of a model's logits, read from its (text) config the way trl 1.16 reads them."""
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    logit_scale = getattr(text_config, "logit_scale", None)
+    if logit_scale is None:
+        logit_scale = getattr(text_config, "output_multiplier", None)
+    if logit_scale is None:
+        logit_scale = getattr(text_config, "lm_head_multiplier", None)
+    if logit_scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        logit_scale = scaling if getattr(text_config, "model_type", None) == "hyperclovax" else 1 / scaling
+    return (None if softcap is None else float(softcap)), (1.0 if logit_scale is None else float(logit_scale))
+
+
+def maybe_gather_params(*params: torch.Tensor | None) -> AbstractContextManager[Any] | None:
+    """A DeepSpeed ZeRO-3 gather context for partitioned ``params``, or None when nothing needs gathering.
+
+    Same rule as trl's ``maybe_gather_lm_head_ctx``: parameters already AVAILABLE (e.g. a tied embedding inside its
+    own module's forward) are not gathered again; duplicates are gathered once.
+    """
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover - transformers always has it in the supported range
+        return None
+    if not is_deepspeed_zero3_enabled():
+        return None
+    import deepspeed  # noqa: PLC0415 - only under ZeRO-3
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    todo = {
+        id(p): p
+        for p in params
+        if p is not None and hasattr(p, "ds_status") and p.ds_status != ZeroParamStatus.AVAILABLE
+    }
+    if not todo:
+        return None
+    return deepspeed.zero.GatheredParameters(list(todo.values()))
+
+
+class _GatheredLinearLogProbs(torch.autograd.Function):
+    """linear_logprobs for a ZeRO-3 partitioned head: gathers the head again in backward and recomputes there.
+
+    fastgrpo's own autograd function keeps the weight it saw in forward; under ZeRO-3 that storage is released when
+    the gather context exits, so backward re-enters the gather and differentiates a recomputed forward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        config: FusedHeadConfig,
+        want_entropy: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        with torch.no_grad():
+            out = linear_logprobs(
+                hidden,
+                weight,
+                targets,
+                bias=bias,
+                temperature=config.temperature,
+                logit_scale=config.logit_scale,
+                softcap=config.softcap,
+                return_entropy=want_entropy,
+                backend=config.backend,  # type: ignore[arg-type]
+            )
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.config, ctx.want_entropy = config, want_entropy
+        entropy = out.entropy if out.entropy is not None else out.logp.new_zeros(0)
+        return out.logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> tuple[Any, ...]:
+        hidden, weight, bias, targets = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if not ctx.want_entropy:
+            grad_entropy = None
+        if grad_logp is None and grad_entropy is None:
+            return None, None, None, None, None, None
+        gather = maybe_gather_params(weight, bias) or nullcontext()
+        config: FusedHeadConfig = ctx.config
+        with gather, torch.enable_grad():
+            h = hidden.detach().requires_grad_(needs[0])
+            w = weight.detach().requires_grad_(needs[1])
+            b = None if bias is None else bias.detach().requires_grad_(needs[2])
+            out = linear_logprobs(
+                h,
+                w,
+                targets,
+                bias=b,
+                temperature=config.temperature,
+                logit_scale=config.logit_scale,
+                softcap=config.softcap,
+                return_entropy=grad_entropy is not None,
+                backend=config.backend,  # type: ignore[arg-type]
+            )
+            outputs = [out.logp] if grad_logp is not None else []
+            grads = [grad_logp] if grad_logp is not None else []
+            if grad_entropy is not None:
+                outputs.append(out.entropy)
+                grads.append(grad_entropy)
+            inputs = [t for t, need in ((h, needs[0]), (w, needs[1]), (b, needs[2])) if t is not None and need]
+            computed = iter(torch.autograd.grad(outputs, inputs, grads, allow_unused=True)) if inputs else iter(())
+            gh = next(computed) if needs[0] else None
+            gw = next(computed) if needs[1] else None
+            gb = next(computed) if b is not None and needs[2] else None
+        return gh, gw, gb, None, None, None
+
+
+def project_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    config: FusedHeadConfig,
+    want_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of ``targets`` [N] from ``hidden`` [N, H], gathering a ZeRO-3 head as needed."""
+    gather = maybe_gather_params(weight, bias)
+    if gather is None:
+        out = linear_logprobs(
+            hidden,
+            weight,
+            targets,
+            bias=bias,
+            temperature=config.temperature,
+            logit_scale=config.logit_scale,
+            softcap=config.softcap,
+            return_entropy=want_entropy,
+            backend=config.backend,  # type: ignore[arg-type]
+        )
+        return out.logp, out.entropy
+    # Under ZeRO-3 the head is applied inside the gather so autograd records its full shape (as trl does).
+    with gather:
+        logp, entropy = _GatheredLinearLogProbs.apply(hidden, weight, bias, targets, config, want_entropy)
+    return logp, (entropy if want_entropy else None)
+
+
+def _backbone_attr(model: Any) -> str:
+    import transformers
+    from packaging.version import Version
+
+    text_config = model.config.get_text_config()
+    if text_config is not model.config and Version(transformers.__version__) < Version("5.0.0"):
+        return "model"
+    return "base_model"
+
+
+def install_fused_head(model: Any, config: FusedHeadConfig) -> FusedHeadConfig:
+    """Make ``model(..., labels=..., fused_lm_head=True)`` score labels with fastgrpo; idempotent.
+
+    The forward without ``fused_lm_head=True`` is the model's previous forward (generation is unchanged). Installing
+    again updates the configuration in place. Returns the configuration object the forward reads on each call.
+    """
+    text_config = model.config.get_text_config()
+    config.softcap, config.logit_scale = head_logit_transform(text_config)
+    existing = getattr(model, _ATTR, None)
+    if existing is not None:
+        existing_config: FusedHeadConfig = existing[0]
+        existing_config.__dict__.update(config.__dict__)
+        return existing_config
+    backbone_attr = _backbone_attr(model)
+    previous_instance_forward = model.__dict__.get("forward")
+    original_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def _fastgrpo_forward(
+        self: Any,
+        *args: Any,
+        fused_lm_head: bool = False,
+        labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+        num_items_in_batch: Any = None,
+        fastgrpo_entropy: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if not fused_lm_head:
+            if labels is not None:
+                kwargs["labels"] = labels
+            if shift_labels is not None:
+                kwargs["shift_labels"] = shift_labels
+            if num_items_in_batch is not None:
+                kwargs["num_items_in_batch"] = num_items_in_batch
+            return original_forward(*args, **kwargs)
+        return _fused_forward(
+            self,
+            config,
+            backbone_attr,
+            args,
+            kwargs,
+            labels,
+            shift_labels,
+            num_items_in_batch,
+            config.entropy if fastgrpo_entropy is None else fastgrpo_entropy,
+        )
+
+    model.forward = types.MethodType(_fastgrpo_forward, model)
+    setattr(model, _ATTR, (config, previous_instance_forward))
+    return config
+
+
+def uninstall_fused_head(model: Any) -> bool:
+    """Restore the forward ``install_fused_head`` replaced; returns whether there was one."""
+    existing = getattr(model, _ATTR, None)
+    if existing is None:
+        return False
+    previous = existing[1]
+    if previous is None:
+        model.__dict__.pop("forward", None)
+    else:
+        model.forward = previous
+    delattr(model, _ATTR)
+    return True
+
+
+def fused_head_config(model: Any) -> FusedHeadConfig | None:
+    existing = getattr(model, _ATTR, None)
+    return None if existing is None else existing[0]
+
+
+def _fused_forward(
+    model: Any,
+    config: FusedHeadConfig,
+    backbone_attr: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    num_items_in_batch: Any,
+    want_entropy: bool,
+) -> FusedHeadOutput:
+    if labels is None and shift_labels is None:
+        raise ValueError("fused_lm_head=True needs `labels` (or pre-shifted `shift_labels`) to score")
+    text_config = model.config.get_text_config()
+    kwargs["use_cache"] = False
+    if getattr(text_config, "output_router_logits", False):
+        kwargs.setdefault("output_router_logits", True)
+    backbone_outputs = getattr(model, backbone_attr)(*args, **kwargs)
+    if shift_labels is None:
+        hidden_states = backbone_outputs.last_hidden_state[:, :-1]
+        labels = labels[:, 1:]  # type: ignore[index]
+    else:
+        hidden_states = backbone_outputs.last_hidden_state
+        labels = shift_labels
+    lm_head = model.get_output_embeddings()
+    weight, bias = lm_head.weight, lm_head.bias
+    hidden_states = hidden_states.to(weight.device)
+    labels = labels.to(weight.device)
+    mask = labels != -100
+    autocast_ctx: AbstractContextManager[Any] = nullcontext()
+    if config.cast_lm_head_to_fp32:
+        hidden_states = hidden_states.float()
+        autocast_ctx = torch.autocast(hidden_states.device.type, enabled=False)
+    # FSDP2 shards parameters as DTensors while the backbone output is a plain tensor: gather the head once here.
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(weight, DTensor):
+        weight = weight.full_tensor()
+        if bias is not None and isinstance(bias, DTensor):
+            bias = bias.full_tensor()
+    # Only labelled positions are projected: prompt and padding rows cost no matmul work.
+    n_valid = int(mask.sum())
+    if n_valid == 0:
+        # Keep the result connected to the graph so an all-masked micro-batch backpropagates a zero.
+        zero = hidden_states.sum() * 0.0
+        log_probs = zero.float() + hidden_states.new_zeros(mask.shape, dtype=torch.float32)
+        entropy = log_probs.clone() if want_entropy else None
+    else:
+        with autocast_ctx:
+            valid_logp, valid_entropy = project_logprobs(
+                hidden_states[mask], weight, bias, labels[mask], config, want_entropy
+            )
+        log_probs = valid_logp.new_zeros(mask.shape).masked_scatter(mask, valid_logp)
+        entropy = None
+        if want_entropy and valid_entropy is not None:
+            entropy = valid_entropy.new_zeros(mask.shape).masked_scatter(mask, valid_entropy)
+    denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    loss = -log_probs.sum() / denom
+    aux_loss = None
+    if kwargs.get("output_router_logits"):
+        aux_loss = _router_aux_loss(model, text_config, backbone_outputs, kwargs.get("attention_mask"))
+        loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
+    return FusedHeadOutput(loss=loss, log_probs=log_probs, entropy=entropy, label_mask=mask, aux_loss=aux_loss)
+
+
+def _router_aux_loss(model: Any, text_config: Any, backbone_outputs: Any, attention_mask: Any) -> torch.Tensor:
+    """MoE load-balancing loss, as the model's own forward (and trl's fused head) computes it."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    num_experts = (
+        getattr(text_config, "num_experts", None)
+        or getattr(text_config, "num_local_experts", None)
+        or getattr(model, "num_experts", None)
+    )
+    num_experts_per_tok = getattr(text_config, "num_experts_per_tok", None) or getattr(
+        model, "num_experts_per_tok", None
+    )
+    if num_experts is None or num_experts_per_tok is None:
+        raise ValueError(
+            "fused_lm_head with output_router_logits needs num_experts and num_experts_per_tok in the config"
+        )
+    return load_balancing_loss_func(backbone_outputs.router_logits, num_experts, num_experts_per_tok, attention_mask)
