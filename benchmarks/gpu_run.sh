@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The full GPU comparison in ONE device-tool command (under its 10-minute limit). From a session with a GPU:
+#   1. here:         bash benchmarks/fetch_gpu_wheels.sh
+#   2. device tool:  run(command="FASTGRPO_BENCH_COMMIT=<short sha> bash benchmarks/gpu_run.sh gpu",
+#                        carry=[".whl"], timeout_s=600)   (the tree travels without .git: name the commit)
+#   3. here:         mkdir -p benchmarks/results/gpu && tar xzf <files_at>/results.tgz -C benchmarks/results/gpu
+#                    then commit benchmarks/results/gpu/ (results.json carries device, driver, versions, date).
+# Arguments: the suite (gpu = the full issue-5 grid; gpu-quick = N=4096 only, a few minutes), then any options of
+# `python -m benchmarks` (e.g. `-k trainer` to run only the trainer steps, `--no-trainer`, `--impl fastgrpo`).
+# Cases that would start after FASTGRPO_BENCH_TIME_BUDGET_S seconds are recorded as skipped, so the results are
+# written even if the grid does not fit; `timeout` stops a hung run before the tool's limit.
+set -uo pipefail
+SUITE="${1:-gpu}"
+shift || true
+OUT="${OUT:-/tmp/fastgrpo-bench-out}"
+RES=/tmp/fastgrpo-bench-results  # not under $OUT: the tool brings back at most 8 files, so they travel as one tgz
+mkdir -p "$OUT" "$RES"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+export FASTGRPO_BENCH_TIME_BUDGET_S="${FASTGRPO_BENCH_TIME_BUDGET_S:-480}"
+unset TRITON_INTERPRET
+SITE=/tmp/site
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+else
+  echo "no .whl/ carried: trl, liger-kernel and cut-cross-entropy rows will be skipped (run fetch_gpu_wheels.sh)"
+  mkdir -p "$SITE"
+fi
+# The source tree as installed packages (pyproject maps kernels/ -> fastgrpo_kernels, benchmarks/ -> fastgrpo_benchmarks)
+ln -sfn "$PWD/fastgrpo" "$SITE/fastgrpo"
+ln -sfn "$PWD/kernels" "$SITE/fastgrpo_kernels"
+ln -sfn "$PWD/benchmarks" "$SITE/fastgrpo_benchmarks"
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+python3 -c "import torch, triton, trl; print('torch', torch.__version__, 'triton', triton.__version__, 'trl', trl.__version__)"
+timeout 570 python3 -m benchmarks --suite "$SUITE" --out "$RES" "$@" 2>&1 | tee "$OUT/log.txt"
+rc=${PIPESTATUS[0]}
+if [ ! -f "$RES/results.json" ] && [ -f "$RES/rows.partial.jsonl" ]; then
+  echo "run stopped early (status $rc): writing results from the rows it finished"
+  python3 -m benchmarks.recover "$RES" --suite "$SUITE" 2>&1 | tee -a "$OUT/log.txt"
+fi
+tar czf "$OUT/results.tgz" -C "$RES" .
+cp "$RES/table.md" "$OUT/table.md" 2>/dev/null || true
+echo "exit status $rc; results in \$OUT/results.tgz (extract into benchmarks/results/$SUITE/)"
+exit "$rc"

@@ -1,0 +1,186 @@
+"""The benchmark harness's arithmetic from known inputs, and a smoke run of the CPU suite on tiny shapes.
+
+No timing is asserted anywhere: speed claims come from the suite's own output, never from CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastgrpo_benchmarks.memory import measure_memory
+from fastgrpo_benchmarks.metrics import (
+    matmul_flops,
+    max_abs_error,
+    model_flops,
+    peak_extra_bytes,
+    peak_live_excluding,
+    ratio,
+    roofline_percent,
+    tflops,
+    timed_rounds,
+)
+from fastgrpo_benchmarks.peers import Outputs
+from fastgrpo_benchmarks.report import derive, table_lines
+from fastgrpo_benchmarks.summary import summary_lines
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_model_flops_per_mode() -> None:
+    n, h, v = 4096, 896, 151936
+    gemm = 2 * n * h * v
+    assert model_flops("fwd", n, h, v) == gemm
+    assert model_flops("fwd_bwd", n, h, v) == 4 * gemm  # forward, recompute, dX, dW: the 8NHV of the targets
+    assert model_flops("fwd_bwd_frozen", n, h, v) == 2 * gemm  # forward, dX
+    assert model_flops("grpo", n, h, v) == 4 * gemm
+    with pytest.raises(ValueError, match="unknown mode"):
+        model_flops("bwd", n, h, v)
+
+
+def test_tflops_and_roofline() -> None:
+    assert matmul_flops(8192, 8192, 8192) == 2 * 8192**3
+    assert tflops(2e12, 2.0) == pytest.approx(1.0)
+    # The landscape's example: fwd at H=896, N=16384 is 4.46 TFLOP; at 5.6 ms that is ~797 TFLOP/s.
+    f = model_flops("fwd", 16384, 896, 151936)
+    assert tflops(f, 5.6e-3) == pytest.approx(f / 5.6e-3 / 1e12)
+    assert roofline_percent(400.0, 800.0) == pytest.approx(50.0)
+    assert roofline_percent(798.0, 760.0) == pytest.approx(105.0)  # over 100% is possible and reported
+    assert math.isnan(tflops(1e12, 0.0))
+    assert math.isnan(roofline_percent(1.0, 0.0))
+
+
+def test_ratios_and_memory_arithmetic() -> None:
+    assert ratio(10.0, 5.0) == pytest.approx(2.0)  # twice as fast as the baseline
+    assert ratio(5.0, 10.0) == pytest.approx(0.5)
+    assert math.isnan(ratio(None, 1.0)) and math.isnan(ratio(1.0, 0.0)) and math.isnan(ratio(1.0, None))
+    assert peak_extra_bytes(peak=1000, baseline=300, retained=200) == 500
+    assert peak_extra_bytes(peak=1000, baseline=900, retained=200) == 0  # never negative
+    # (pointer, size) events: a 10-byte temporary peak before a 100-byte gradient is allocated and handed back.
+    events = [(1, 10), (2, 5), (1, -10), (3, 100), (4, 7), (4, -7), (2, -5)]
+    assert peak_live_excluding(events, handed_back={3}) == 15
+    assert peak_live_excluding(events, handed_back=set()) == 112
+    assert peak_extra_bytes(peak=112, baseline=0, retained=100) == 12  # the counter formula hides the earlier 15
+    # A pointer freed as a temporary and reused by the returned tensor counts only while it was a temporary.
+    assert peak_live_excluding([(1, 50), (1, -50), (1, 20)], handed_back={1}) == 50
+    assert timed_rounds(0.1, 1.0, 3, 30) == 10
+    assert timed_rounds(2.0, 1.0, 3, 30) == 3
+    assert timed_rounds(1e-4, 1.0, 3, 30) == 30
+    assert max_abs_error([1e-3, 2e-3]) == 2e-3
+    assert math.isnan(max_abs_error([1e-3, float("nan")]))
+
+
+def _row(impl: str, mode: str, median_s: float, peak: int, status: str = "ok") -> dict:
+    return {
+        "case": "op", "suite": "t", "shape": "s", "tokens": 1000, "hidden": 100, "vocab": 1000, "mode": mode,
+        "impl": impl, "flops": model_flops(mode, 1000, 100, 1000), "median_s": median_s, "peak_extra_bytes": peak,
+        "status": status, "reason": "" if status == "ok" else "not installed", "note": "",
+    }  # fmt: skip
+
+
+def test_derive_computes_ratios_against_trl_per_shape_and_mode() -> None:
+    rows = [
+        _row("trl_chunked", "fwd", 0.004, 8 * 2**20),
+        _row("fastgrpo", "fwd", 0.002, 2 * 2**20),
+        _row("fastgrpo", "fwd_bwd", 0.010, 2**20),  # no trl row for this mode: no ratio
+        {**_row("cce", "fwd", 0.0, 0, status="skipped"), "median_s": None},
+    ]
+    out = {(r["impl"], r["mode"]): r for r in derive(rows, matmul_tflops=0.2)}
+    fast = out[("fastgrpo", "fwd")]
+    assert fast["tflops"] == pytest.approx(2 * 1000 * 100 * 1000 / 0.002 / 1e12)  # 0.1 TFLOP/s
+    assert fast["roofline_pct"] == pytest.approx(50.0)
+    assert fast["median_ms"] == pytest.approx(2.0)
+    assert fast["peak_extra_mib"] == pytest.approx(2.0)
+    assert fast["speedup_vs_trl"] == pytest.approx(2.0)
+    assert fast["memory_ratio_vs_trl"] == pytest.approx(4.0)
+    assert out[("trl_chunked", "fwd")]["speedup_vs_trl"] == pytest.approx(1.0)
+    assert "speedup_vs_trl" not in out[("fastgrpo", "fwd_bwd")]
+    assert "tflops" not in out[("cce", "fwd")]
+    lines = table_lines(list(out.values()))
+    assert any("skipped: not installed" in line for line in lines)
+
+
+def test_trainer_rows_without_timing_and_summary() -> None:
+    step = {**_row("fastgrpo", "fwd", 2.0, 3 * 2**20), "case": "trainer", "mode": "step", "flops": None}
+    fit = {"case": "trainer", "shape": "s", "mode": "max_len@24GiB", "impl": "fastgrpo", "status": "ok",
+           "reason": "", "note": "", "max_completion_len": 8192}  # fmt: skip
+    rows = derive([step, fit], matmul_tflops=1.0)
+    assert rows[0]["median_ms"] == pytest.approx(2000.0) and "tflops" not in rows[0]
+    assert any("8192" in line for line in table_lines(rows))
+    payload = {"environment": {"device_name": "dev", "versions": {"torch": "x"}}, "matmul_tflops": 1.0, "rows": rows}
+    text = "\n".join(summary_lines(payload))
+    assert "| s | fastgrpo | 2000.0 | 3 | 8192 |" in text
+
+
+def test_retained_bytes_counts_each_storage_once() -> None:
+    a = torch.zeros(10, dtype=torch.float32)
+    g = torch.zeros(3, 4, dtype=torch.float64)
+    assert Outputs(a, g, None, (a[:5], None)).retained_bytes() == 40 + 96
+
+
+def test_cpu_peak_extra_memory_sees_temporaries() -> None:
+    mib = 2**20
+
+    def call() -> Outputs:
+        tmp = torch.ones(4 * mib // 4)  # 4 MiB temporary, freed before returning
+        out = tmp[: mib // 4].clone()  # 1 MiB returned
+        del tmp
+        return Outputs(out, None, None)
+
+    reading, out = measure_memory(call, "cpu")
+    assert out.retained_bytes() == mib
+    assert reading.counter_bytes is None
+    # 4 MiB temporary live next to the returned 1 MiB: the call's own peak is the 4 MiB (plus a few scalar bytes)
+    assert 4 * mib <= reading.peak_extra_bytes < 4 * mib + 4096
+
+
+@pytest.mark.skipif(os.environ.get("FASTGRPO_SKIP_BENCH_SMOKE") == "1", reason="FASTGRPO_SKIP_BENCH_SMOKE=1")
+def test_cpu_suite_smoke(tmp_path: Path) -> None:
+    """`python -m benchmarks --suite cpu-tiny` end to end: every row present, ok or with a reason; files written."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["FASTGRPO_BACKEND"] = "torch"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--suite",
+        "cpu-tiny",
+        "--out",
+        str(tmp_path),
+        "--no-plots",
+        "--no-trainer",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "fastgrpo benchmark: suite cpu-tiny" in proc.stdout
+    payload = json.loads((tmp_path / "results.json").read_text())
+    env_info = payload["environment"]
+    for key in ("device_name", "driver", "date_utc", "versions"):
+        assert key in env_info
+    assert {"torch", "triton", "trl", "liger-kernel", "cut-cross-entropy"} <= set(env_info["versions"])
+    rows = payload["rows"]
+    by_key = {(r["case"], r["mode"], r["impl"]): r for r in rows}
+    for mode in ("fwd", "fwd_bwd", "fwd_bwd_frozen", "grpo"):
+        for impl in ("fastgrpo", "trl_chunked", "eager"):
+            assert (("op", mode, impl)) in by_key
+    assert by_key[("op", "fwd", "cce")]["status"] == "skipped" and by_key[("op", "fwd", "cce")]["reason"]
+    for r in rows:
+        assert r["status"] in ("ok", "skipped", "failed")
+        assert r["status"] == "ok" or r["reason"]
+    ok_op = [r for r in rows if r["case"] == "op" and r["status"] == "ok"]
+    assert all(r["tflops"] > 0 and r["peak_extra_bytes"] >= 0 for r in ok_op)
+    # Every peer is wired to compute the same function: fp32 errors against the float64 reference stay tiny.
+    for r in ok_op:
+        assert r["err_value"] < 1e-4, r
+        assert r["mode"] == "fwd" or (r["err_grad"] is not None and r["err_grad"] < 1e-4), r
+    trl = by_key[("op", "fwd_bwd", "trl_chunked")]
+    assert trl["speedup_vs_trl"] == pytest.approx(1.0) and trl["memory_ratio_vs_trl"] == pytest.approx(1.0)
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "table.md").is_file()
+    assert (tmp_path / "pytest-benchmark.json").is_file()
