@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..api import linear_logprobs
+from ..api import LogProbs, linear_logprobs
 
 _ATTR = "_fastgrpo_fused_head"
 
@@ -90,6 +90,28 @@ def maybe_gather_params(*params: torch.Tensor | None) -> AbstractContextManager[
     return deepspeed.zero.GatheredParameters(list(todo.values()))
 
 
+def _head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    config: FusedHeadConfig,
+    want_entropy: bool,
+) -> LogProbs:
+    """``linear_logprobs`` with the head's logit options and backend."""
+    return linear_logprobs(
+        hidden,
+        weight,
+        targets,
+        bias=bias,
+        temperature=config.temperature,
+        logit_scale=config.logit_scale,
+        softcap=config.softcap,
+        return_entropy=want_entropy,
+        backend=config.backend,  # type: ignore[arg-type]
+    )
+
+
 class _GatheredLinearLogProbs(torch.autograd.Function):
     """linear_logprobs for a ZeRO-3 partitioned head: gathers the head again in backward and recomputes there.
 
@@ -109,17 +131,7 @@ class _GatheredLinearLogProbs(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         ctx.set_materialize_grads(False)
         with torch.no_grad():
-            out = linear_logprobs(
-                hidden,
-                weight,
-                targets,
-                bias=bias,
-                temperature=config.temperature,
-                logit_scale=config.logit_scale,
-                softcap=config.softcap,
-                return_entropy=want_entropy,
-                backend=config.backend,  # type: ignore[arg-type]
-            )
+            out = _head_logprobs(hidden, weight, bias, targets, config, want_entropy)
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.config, ctx.want_entropy = config, want_entropy
         entropy = out.entropy if out.entropy is not None else out.logp.new_zeros(0)
@@ -139,17 +151,7 @@ class _GatheredLinearLogProbs(torch.autograd.Function):
             h = hidden.detach().requires_grad_(needs[0])
             w = weight.detach().requires_grad_(needs[1])
             b = None if bias is None else bias.detach().requires_grad_(needs[2])
-            out = linear_logprobs(
-                h,
-                w,
-                targets,
-                bias=b,
-                temperature=config.temperature,
-                logit_scale=config.logit_scale,
-                softcap=config.softcap,
-                return_entropy=grad_entropy is not None,
-                backend=config.backend,  # type: ignore[arg-type]
-            )
+            out = _head_logprobs(h, w, b, targets, config, grad_entropy is not None)
             outputs = [out.logp] if grad_logp is not None else []
             grads = [grad_logp] if grad_logp is not None else []
             if grad_entropy is not None:
@@ -174,17 +176,7 @@ def project_logprobs(
     """Log-probs (and entropies) of ``targets`` [N] from ``hidden`` [N, H], gathering a ZeRO-3 head as needed."""
     gather = maybe_gather_params(weight, bias)
     if gather is None:
-        out = linear_logprobs(
-            hidden,
-            weight,
-            targets,
-            bias=bias,
-            temperature=config.temperature,
-            logit_scale=config.logit_scale,
-            softcap=config.softcap,
-            return_entropy=want_entropy,
-            backend=config.backend,  # type: ignore[arg-type]
-        )
+        out = _head_logprobs(hidden, weight, bias, targets, config, want_entropy)
         return out.logp, out.entropy
     # Under ZeRO-3 the head is applied inside the gather so autograd records its full shape (as trl does).
     with gather:

@@ -163,22 +163,12 @@ def _fastgrpo_get_per_token_logps_and_entropies(
     unknown = set(extra) - set(_MULTIMODAL_KEYS)
     if unknown:
         raise TypeError(f"_get_per_token_logps_and_entropies got unexpected arguments {sorted(unknown)}")
-    if not hasattr(self, "_fastgrpo_backend"):
-        # A trainer constructed before patch_trl(): its models have no fastgrpo head, so trl's own path.
-        return _trl("_get_per_token_logps_and_entropies")(
-            self,
-            model,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
-            batch_size=batch_size,
-            compute_entropy=compute_entropy,
-            compute_aux_loss=compute_aux_loss,
-            **extra,
-        )
-    if any(extra.get(key) is not None for key in _MULTIMODAL_KEYS):
-        if not trl_has_fused_head():
-            _log_once("vlm-logits", "fastgrpo: vision-language inputs use trl's full-logits log-prob path on trl<1.15")
+    # A trainer constructed before patch_trl() has no fastgrpo head on its models: trl's own path. So do
+    # vision-language inputs (in trl >= 1.15 that path lands in fastgrpo's fused head too).
+    multimodal = any(extra.get(key) is not None for key in _MULTIMODAL_KEYS)
+    if multimodal and not trl_has_fused_head():
+        _log_once("vlm-logits", "fastgrpo: vision-language inputs use trl's full-logits log-prob path on trl<1.15")
+    if multimodal or not hasattr(self, "_fastgrpo_backend"):
         return _trl("_get_per_token_logps_and_entropies")(
             self,
             model,
