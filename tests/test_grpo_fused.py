@@ -12,6 +12,10 @@ from fastgrpo.grpo import GRPOLossOptions, fused_linear_grpo_loss
 from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
 
+# Triton kernels on CPU tensors: needs the interpreter (tests/conftest.py).
+pytestmark = pytest.mark.interpreter
+
+
 BACKENDS = ("triton", "torch")
 # The loss and the head gradients inherit the fp32 log-prob kernels' error: linear_logprobs' own bound, 2e-5.
 FP32_REL = 2e-5

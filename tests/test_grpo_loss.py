@@ -18,6 +18,10 @@ import fastgrpo
 from fastgrpo.grpo import LOSS_TYPES, GRPOLossOptions, GRPOLossOutput, grpo_loss
 from fastgrpo.grpo import layout as L
 
+# Triton kernels on CPU tensors: needs the interpreter (tests/conftest.py).
+pytestmark = pytest.mark.interpreter
+
+
 FP32_REL = 1e-5
 BACKENDS = ("triton", "torch")
 MAX_ERR: dict[tuple[str, str], float] = {}  # (loss type, trl dtype) -> largest relative error seen (see report test)

@@ -9,6 +9,9 @@ import triton.language as tl
 
 from fastgrpo_kernels.common import grouped_tile, online_softmax_update
 
+# Triton kernels on CPU tensors: needs the interpreter (tests/conftest.py).
+pytestmark = pytest.mark.interpreter
+
 
 @triton.jit
 def _grouped_kernel(out_ptr, n_rows, n_cols, GROUP: tl.constexpr):

@@ -11,6 +11,10 @@ import fastgrpo
 from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
 
+# Triton kernels on CPU tensors: needs the interpreter (tests/conftest.py).
+pytestmark = pytest.mark.interpreter
+
+
 BACKENDS = ["triton", "torch"]
 # fp32 inputs: the kernels accumulate in fp32 (the interpreter's dot is exact fp32); errors come from summing
 # O(V) exponentials and O(H) products in fp32, ~1e-6 relative at these sizes. 2e-5 leaves margin without hiding a

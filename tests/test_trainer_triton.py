@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from _parity import Case, compare, fastgrpo_only, run_case
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.interpreter]
 
 
 def test_triton_backend_parity_with_stock_trl(tmp_path: Path) -> None:
