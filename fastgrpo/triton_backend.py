@@ -128,10 +128,14 @@ def forward(
     return logp, entropy, lse, softmax_w, target_scale
 
 
+# `torch.mm(..., out_dtype=torch.float32)` from 16-bit CUDA inputs exists from torch 2.8 on.
+_MM_OUT_DTYPE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
+
+
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False):
     """``a @ b`` accumulated and returned in fp32 (added into ``out`` when ``accumulate``), without first rounding
-    the product to the inputs' 16-bit dtype."""
-    if a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
+    the product to the inputs' 16-bit dtype (older torch: upcast the operands instead, same result, more memory)."""
+    if _MM_OUT_DTYPE and a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
         if accumulate:
             return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
         return torch.mm(a, b, out_dtype=torch.float32)
