@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_backend
+from .backward import linear_logprobs_backward
 from .options import LogProbOptions
 
 
@@ -95,7 +96,8 @@ def linear_logprobs_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     opts = _opts(temperature, logit_scale, softcap, ignore_index, entropy.numel() > 0)
     with torch.autocast(hidden.device.type, enabled=False):
-        gx, gw, gb = _impl(backend).backward(
+        gx, gw, gb = linear_logprobs_backward(
+            _impl(backend),
             hidden,
             weight,
             bias,

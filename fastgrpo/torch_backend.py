@@ -9,11 +9,8 @@ is O(tile) instead of O(N * V). Forward per row: online logsumexp over vocabular
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from ._log import log_once
 from .options import LogProbOptions
 
 # Elements of one [tokens, vocab] fp32 tile: ~16 MB, with ~4 live temporaries of that size.
@@ -29,7 +26,7 @@ def _chunks(n: int, v: int, h: int) -> tuple[int, int]:
     return token_chunk, vocab_chunk
 
 
-def _acc_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(compute_dtype: torch.dtype) -> torch.dtype:
     # fp32 statistics and accumulators, except for float64 inputs (kept exact for reference-grade checks)
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
 
@@ -37,7 +34,7 @@ def _acc_dtype(compute_dtype: torch.dtype) -> torch.dtype:
 def _operand(t: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
     """Round to the compute dtype (autocast semantics), then hold in the accumulation dtype: exact products with fp32
     accumulation, as the GPU's tensor cores (and the Triton kernels) compute a bf16 matmul."""
-    return t.to(compute_dtype).to(_acc_dtype(compute_dtype))
+    return t.to(compute_dtype).to(acc_dtype(compute_dtype))
 
 
 def _logits_tile(
@@ -71,7 +68,7 @@ def forward(
     n_tok, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
-    f32 = dict(device=dev, dtype=_acc_dtype(compute_dtype))
+    f32 = dict(device=dev, dtype=acc_dtype(compute_dtype))
     logp = torch.empty(n_tok, **f32)
     entropy = torch.empty(n_tok if opts.return_entropy else 0, **f32)
     lse = torch.empty(n_tok, **f32)
@@ -132,32 +129,21 @@ def backward(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
-    lse: torch.Tensor,  # [N] fp32
-    entropy: torch.Tensor,  # [N] fp32 or empty
-    softmax_w: torch.Tensor,  # [N, H] fp32 or empty
-    target_scale: torch.Tensor,  # [N] fp32 or empty
-    grad_logp: torch.Tensor | None,  # [N]
-    grad_entropy: torch.Tensor | None,  # [N]
+    lse: torch.Tensor,  # [N]
+    entropy: torch.Tensor,  # [N] or empty
+    g_l: torch.Tensor | None,  # [N] upstream gradient of logp, 0 at ignored rows, accumulation dtype
+    g_h: torch.Tensor | None,  # [N] upstream gradient of entropy, likewise
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients for (hidden, weight, bias), each None when not needed."""
-    need_x, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
+    """Gradients for (hidden, weight, bias) by recomputing the logit tiles; each None when not needed.
+    The frozen-head and no-gradient cases are handled before this (``fastgrpo.backward``)."""
+    need_x, need_w, need_b = needs
     n_tok, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
-    acc = _acc_dtype(compute_dtype)
-    valid = (targets != opts.ignore_index).to(acc)
-    g_l = None if grad_logp is None else grad_logp.to(acc) * valid
-    g_h = None if grad_entropy is None else grad_entropy.to(acc) * valid
-
-    if uses_softmax_w(softmax_w, g_h, need_w, need_b):
-        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, compute_dtype, need_x)
-    note_recompute(softmax_w)
-    if g_l is None and g_h is None:
-        return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
-
+    acc = acc_dtype(compute_dtype)
     token_chunk, vocab_chunk = _chunks(n_tok, vocab, h)
     # fp32 accumulators; with fp32 inputs they are the returned gradients themselves.
     grad_x = torch.zeros((n_tok, h), device=dev, dtype=acc) if need_x else None
@@ -199,47 +185,3 @@ def backward(
         if gb is not None:
             grad_b[c0:c1] = gb
     return (None if grad_x is None else grad_x.to(hidden.dtype)), grad_w, grad_b
-
-
-def uses_softmax_w(softmax_w: torch.Tensor, g_h: torch.Tensor | None, need_w: bool, need_b: bool) -> bool:
-    """The forward's frozen-head sum serves the backward when only d/dhidden of logp is needed."""
-    return softmax_w.numel() > 0 and g_h is None and not need_w and not need_b
-
-
-def softmax_w_backward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    softmax_w: torch.Tensor,  # [N, H] sum_v p_v (dz/dy)_v W_v
-    target_scale: torch.Tensor,  # [N] (dz/dy) at the target
-    g_l: torch.Tensor | None,  # [N], 0 at ignored rows
-    opts: LogProbOptions,
-    compute_dtype: torch.dtype,
-    need_x: bool,
-) -> tuple[torch.Tensor | None, None, None]:
-    """Frozen head: d logp_t / dx = a_t * W_t - sum_v p_v a_v W_v, with no recompute (landscape notes, section 3)."""
-    if not need_x:
-        return None, None, None
-    if g_l is None:
-        return torch.zeros_like(hidden), None, None
-    safe = torch.where(targets != opts.ignore_index, targets, torch.zeros_like(targets)).long()
-    # W_t rounded to the compute dtype, as the forward's sum saw W
-    w_t = weight.index_select(0, safe).to(compute_dtype).to(softmax_w.dtype)
-    gx = (target_scale[:, None] * w_t - softmax_w).mul_(g_l[:, None].to(softmax_w.dtype))
-    return gx.to(hidden.dtype), None, None
-
-
-def note_recompute(softmax_w: torch.Tensor) -> None:
-    if softmax_w.numel():
-        log_once(
-            "frozen-head-recompute",
-            "fastgrpo: an entropy gradient reached a frozen head; recomputing the logits for it (slower, exact)",
-            logging.INFO,
-        )
-
-
-def zero_grads(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, need_x: bool, need_w: bool, need_b: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    zero = lambda t, need: torch.zeros_like(t) if need and t is not None else None  # noqa: E731
-    return zero(hidden, need_x), zero(weight, need_w), zero(bias, need_b)

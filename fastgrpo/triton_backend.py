@@ -1,6 +1,6 @@
 """Launchers for the Triton kernels: check what the kernels need, allocate outputs and workspaces, launch.
 
-Same contract as ``torch_backend.forward`` / ``backward``; the autograd function picks one of the two.
+Same contract as ``torch_backend.forward`` / ``backward``; the custom ops pick one of the two.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
 from .options import LogProbOptions
-from .torch_backend import note_recompute, softmax_w_backward, uses_softmax_w, zero_grads
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -63,6 +62,11 @@ def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
     return tuple(t if t is None or t.dtype == compute_dtype else t.to(compute_dtype) for t in tensors)
 
 
+def _transform_scalars(opts: LogProbOptions) -> dict:
+    """The logit transform's runtime arguments (``logit_transform`` in kernels/common.py)."""
+    return dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
+
+
 def _empty(shape, device, dtype, poison: bool) -> torch.Tensor:
     t = torch.empty(shape, device=device, dtype=dtype)
     return t.fill_(float("nan")) if poison and t.numel() else t
@@ -106,7 +110,7 @@ def forward(
         softmax_w = _empty((n, h), dev, f32, cfg.poison)
 
     b_arg = bias if bias is not None else hidden  # any valid pointer; unread without HAS_BIAS
-    scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
+    scalars = _transform_scalars(opts)
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
     flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=opts.softcap is not None, HAS_SOFTMAX_W=accumulate_softmax_w)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
@@ -150,26 +154,16 @@ def backward(
     targets: torch.Tensor,
     lse: torch.Tensor,
     entropy: torch.Tensor,
-    softmax_w: torch.Tensor,
-    target_scale: torch.Tensor,
-    grad_logp: torch.Tensor | None,
-    grad_entropy: torch.Tensor | None,
+    g_l: torch.Tensor | None,  # [N] fp32, 0 at ignored rows
+    g_h: torch.Tensor | None,  # [N] fp32, 0 at ignored rows
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients for (hidden, weight, bias), each None when not needed. Never allocates [N, V]."""
+    """Recompute-path gradients for (hidden, weight, bias), each None when not needed. Never allocates [N, V]. The
+    frozen-head and no-gradient cases are handled before this (``fastgrpo.backward``)."""
     _check_dtype(compute_dtype)
-    need_x, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
-    valid = (targets != opts.ignore_index).float()
-    g_l = None if grad_logp is None else (grad_logp.float() * valid).contiguous()
-    g_h = None if grad_entropy is None else (grad_entropy.float() * valid).contiguous()
-    if uses_softmax_w(softmax_w, g_h, need_w, need_b):
-        return softmax_w_backward(hidden, weight, targets, softmax_w, target_scale, g_l, opts, compute_dtype, need_x)
-    note_recompute(softmax_w)
-    if (g_l is None and g_h is None) or hidden.shape[0] == 0:
-        return zero_grads(hidden, weight, bias, need_x, need_w, need_b)
-
+    need_x, need_w, need_b = needs
     out_dtypes = (hidden.dtype, weight.dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     cfg = configs.get_config(_dot_precision(compute_dtype) == "ieee")
@@ -189,7 +183,7 @@ def backward(
     grad_w = _empty(weight.shape, dev, out_dtypes[1], cfg.poison) if need_w else None
     grad_b = _empty(bias.shape, dev, bias.dtype, cfg.poison) if need_b else None
     x_gemm = hidden.to(ws_dtype) if need_w else None
-    scalars = dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
+    scalars = _transform_scalars(opts)
     for c0 in range(0, vocab, width):
         wd = min(width, vocab - c0)
         linear_logprobs_dlogits_kernel[(row_blocks * triton.cdiv(wd, cfg.block_v),)](
