@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The full GPU comparison in ONE device-tool command (under its 10-minute limit). From a session with a GPU:
+# GPU work in ONE device-tool command each (under its 10-minute limit). From a session with a GPU:
 #   1. here:         bash benchmarks/fetch_gpu_wheels.sh
-#   2. device tool:  run(command="FASTGRPO_BENCH_COMMIT=<short sha> bash benchmarks/gpu_run.sh gpu",
+#   2. device tool:  run(command="FASTGRPO_BENCH_COMMIT=<short sha> bash benchmarks/gpu_run.sh <what>",
 #                        carry=[".whl"], timeout_s=600)   (the tree travels without .git: name the commit)
-#   3. here:         mkdir -p benchmarks/results/gpu && tar xzf <files_at>/results.tgz -C benchmarks/results/gpu
-#                    then commit benchmarks/results/gpu/ (results.json carries device, driver, versions, date).
-# Arguments: the suite (gpu = the full issue-5 grid; gpu-quick = N=4096 only, a few minutes), then any options of
-# `python -m benchmarks` (e.g. `-k trainer` to run only the trainer steps, `--no-trainer`, `--impl fastgrpo`).
-# Cases that would start after FASTGRPO_BENCH_TIME_BUDGET_S seconds are recorded as skipped, so the results are
-# written even if the grid does not fit; `timeout` stops a hung run before the tool's limit.
+#   3. here:         mkdir -p benchmarks/results/<what> && tar xzf <files_at>/results.tgz -C benchmarks/results/<what>
+#                    then commit it (results carry device, driver, versions, date).
+# <what>:
+#   tests      the GPU tests (pytest -m gpu: real sizes, pointer and TMA loads, every autotuning candidate)
+#   tune       python -m benchmarks.tune: time every candidate at the target shapes; writes sm90.json, which goes to
+#              kernels/tuned/ (the shipped table) -- commit it, then benchmark with it
+#   gpu-quick  the benchmark suite at N=4096 (a few minutes); gpu: the full issue-5 grid
+# then any options of `python -m benchmarks` / `python -m benchmarks.tune` (e.g. `-k trainer`, `--no-trainer`).
+# Benchmark cases that would start after FASTGRPO_BENCH_TIME_BUDGET_S seconds are recorded as skipped, so results
+# are written even if the grid does not fit; `timeout` stops a hung run before the tool's limit.
 set -uo pipefail
 SUITE="${1:-gpu}"
 shift || true
@@ -33,13 +37,25 @@ ln -sfn "$PWD/benchmarks" "$SITE/fastgrpo_benchmarks"
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, triton, trl; print('torch', torch.__version__, 'triton', triton.__version__, 'trl', trl.__version__)"
-timeout 570 python3 -m benchmarks --suite "$SUITE" --out "$RES" "$@" 2>&1 | tee "$OUT/log.txt"
-rc=${PIPESTATUS[0]}
+case "$SUITE" in
+  tests)
+    timeout 570 python3 -m pytest -q -m gpu -p no:cacheprovider --junitxml="$RES/junit.xml" tests/test_gpu_*.py "$@" 2>&1 \
+      | tee "$OUT/log.txt"
+    rc=${PIPESTATUS[0]} ;;
+  tune)
+    timeout 570 python3 -m benchmarks.tune --out "$RES" --budget-s "${FASTGRPO_TUNE_BUDGET_S:-420}" "$@" 2>&1 \
+      | tee "$OUT/log.txt"
+    rc=${PIPESTATUS[0]} ;;
+  *)
+    timeout 570 python3 -m benchmarks --suite "$SUITE" --out "$RES" "$@" 2>&1 | tee "$OUT/log.txt"
+    rc=${PIPESTATUS[0]} ;;
+esac
 if [ ! -f "$RES/results.json" ] && [ -f "$RES/rows.partial.jsonl" ]; then
   echo "run stopped early (status $rc): writing results from the rows it finished"
   python3 -m benchmarks.recover "$RES" --suite "$SUITE" 2>&1 | tee -a "$OUT/log.txt"
 fi
 tar czf "$OUT/results.tgz" -C "$RES" .
 cp "$RES/table.md" "$OUT/table.md" 2>/dev/null || true
+cp "$RES/tune.md" "$RES"/sm*.json "$OUT/" 2>/dev/null || true
 echo "exit status $rc; results in \$OUT/results.tgz (extract into benchmarks/results/$SUITE/)"
 exit "$rc"

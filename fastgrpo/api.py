@@ -109,6 +109,10 @@ def linear_logprobs(
     flat_targets = targets.reshape(-1)
     frozen_head = not weight.requires_grad and (bias is None or not bias.requires_grad)
     accumulate_softmax_w = torch.is_grad_enabled() and hidden.requires_grad and frozen_head
+    if accumulate_softmax_w and impl == "triton":
+        from . import triton_backend  # the tuned table may route this shape to the recompute backward
+
+        accumulate_softmax_w = triton_backend.frozen_head_identity(flat_hidden, compute_dtype)
     logp, entropy = LinearLogProbsFunction.apply(
         flat_hidden, weight, bias, flat_targets, opts, compute_dtype, impl, accumulate_softmax_w
     )

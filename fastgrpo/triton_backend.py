@@ -5,6 +5,7 @@ Same contract as ``torch_backend.forward`` / ``backward``; the custom ops pick o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -16,6 +17,7 @@ from fastgrpo_kernels.common import INTERPRET
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
+from . import tma, tuning
 from .options import LogProbOptions
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -67,6 +69,14 @@ def _transform_scalars(opts: LogProbOptions) -> dict:
     return dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
 
 
+def _descriptors(cfg: configs.KernelConfig, hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype):
+    """TMA descriptors for the config's tiles when it asks for them and they can be built, else (None, None)."""
+    if not cfg.use_tma:
+        return None, None
+    exact_fp32 = _dot_precision(compute_dtype) == "ieee"
+    return tma.descriptors(hidden, weight, cfg.block_n, cfg.block_v, cfg.block_k, exact_fp32)
+
+
 def _empty(shape, device, dtype, poison: bool) -> torch.Tensor:
     t = torch.empty(shape, device=device, dtype=dtype)
     return t.fill_(float("nan")) if poison and t.numel() else t
@@ -84,7 +94,37 @@ def forward(
     """Returns ``(logp, entropy, lse, softmax_w, target_scale)``, all fp32; the last two empty unless accumulated."""
     _check_dtype(compute_dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
-    cfg = configs.get_config(_dot_precision(compute_dtype) == "ieee")
+    kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
+    run = lambda cfg: _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w)  # noqa: E731
+    with _on_device(hidden.device):
+        return tuning.launch(kind, run, **_launch_shape(hidden, weight, compute_dtype))
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' (e.g. cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:
+    """What selects a launch config: operand precision, sizes, device."""
+    return dict(
+        fp32_operands=_dot_precision(compute_dtype) == "ieee",
+        dtype={torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[compute_dtype],
+        n=hidden.shape[0],
+        h=hidden.shape[1],
+        vocab=weight.shape[0],
+        device=hidden.device,
+    )
+
+
+def frozen_head_identity(hidden: torch.Tensor, compute_dtype: torch.dtype) -> bool:
+    """Frozen head: accumulate softmax(z) @ W in the forward (True) or recompute the logits in the backward."""
+    n, h = hidden.shape
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[compute_dtype]
+    return configs.frozen_head_identity(n, h, tuning.device_arch(hidden.device), dtype)
+
+
+def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w):
     n, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
@@ -113,10 +153,11 @@ def forward(
     scalars = _transform_scalars(opts)
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
     flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=opts.softcap is not None, HAS_SOFTMAX_W=accumulate_softmax_w)
+    x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
-        hidden, weight, b_arg, part[0], part[1], part[2], part_acc,
+        hidden, weight, b_arg, x_desc, w_desc, part[0], part[1], part[2], part_acc,
         n, h, vocab, v_per_split, *strides,
-        **scalars, **flags,
+        **scalars, **flags, USE_TMA=x_desc is not None,
         DOT_DTYPE=_dot_dtype(compute_dtype), DOT_PRECISION=_dot_precision(compute_dtype),
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -132,19 +173,27 @@ def forward(
     return logp, entropy, lse, softmax_w, target_scale
 
 
-# `torch.mm(..., out_dtype=torch.float32)` from 16-bit CUDA inputs exists from torch 2.8 on.
-_MM_OUT_DTYPE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
+_TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+# `torch.mm(..., out_dtype=torch.float32)` from 16-bit CUDA inputs exists from torch 2.8 on; `torch.addmm` with an
+# fp32 `self` and 16-bit matrices from torch 2.10 on (earlier it requires self and mat2 of one dtype).
+_MM_OUT_DTYPE = _TORCH >= (2, 8)
+_ADDMM_OUT_DTYPE = _TORCH >= (2, 10)
 
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False):
-    """``a @ b`` accumulated and returned in fp32 (added into ``out`` when ``accumulate``), without first rounding
-    the product to the inputs' 16-bit dtype (older torch: upcast the operands instead, same result, more memory)."""
+    """``a @ b`` accumulated in fp32, without first rounding the product to the inputs' 16-bit dtype: added into
+    ``out`` when ``accumulate``, else written into ``out`` (fp32) or returned (older torch: upcast the operands
+    instead, same result, more memory)."""
     if _MM_OUT_DTYPE and a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
-        if accumulate:
+        if accumulate and _ADDMM_OUT_DTYPE:
             return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-        return torch.mm(a, b, out_dtype=torch.float32)
+        if accumulate:
+            return out.add_(torch.mm(a, b, out_dtype=torch.float32))
+        return torch.mm(a, b, out_dtype=torch.float32, out=out)
     a32, b32 = a.float(), b.float()
-    return out.addmm_(a32, b32) if accumulate else a32 @ b32
+    if accumulate:
+        return out.addmm_(a32, b32)
+    return a32 @ b32 if out is None else torch.mm(a32, b32, out=out)
 
 
 def backward(
@@ -163,10 +212,15 @@ def backward(
     """Recompute-path gradients for (hidden, weight, bias), each None when not needed. Never allocates [N, V]. The
     frozen-head and no-gradient cases are handled before this (``fastgrpo.backward``)."""
     _check_dtype(compute_dtype)
-    need_x, need_w, need_b = needs
     out_dtypes = (hidden.dtype, weight.dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
-    cfg = configs.get_config(_dot_precision(compute_dtype) == "ieee")
+    args = (hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, compute_dtype, needs, out_dtypes)
+    with _on_device(hidden.device):
+        return tuning.launch("bwd", lambda cfg: _backward(cfg, *args), **_launch_shape(hidden, weight, compute_dtype))
+
+
+def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, compute_dtype, needs, out_dtypes):
+    need_x, need_w, need_b = needs
     n, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
@@ -174,7 +228,13 @@ def backward(
     # stores truncate instead of rounding.
     ws_dtype = torch.float32 if INTERPRET else compute_dtype
     elt = torch.finfo(ws_dtype).bits // 8
-    width = max(cfg.block_v, (cfg.workspace_bytes // max(n * elt, 1)) // cfg.block_v * cfg.block_v)
+    # Chunk width: the [N, width] workspace within workspace_bytes, and so are the per-chunk [width, H] temporaries
+    # (an fp32 dW chunk unless dW is fp32 and written in place; a cast copy of the weight chunk), which at small N
+    # would otherwise grow to a copy of the whole head.
+    per_col = n * elt
+    if (need_w and out_dtypes[1] != torch.float32) or (need_x and weight.dtype != ws_dtype):
+        per_col = max(per_col, h * 4)
+    width = max(cfg.block_v, (cfg.workspace_bytes // max(per_col, 1)) // cfg.block_v * cfg.block_v)
     width = min(width, triton.cdiv(vocab, cfg.block_v) * cfg.block_v)
     ws = _empty((n, width), dev, ws_dtype, cfg.poison)
     row_blocks = triton.cdiv(n, cfg.block_n)
@@ -184,12 +244,15 @@ def backward(
     grad_b = _empty(bias.shape, dev, bias.dtype, cfg.poison) if need_b else None
     x_gemm = hidden.to(ws_dtype) if need_w else None
     scalars = _transform_scalars(opts)
+    x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     for c0 in range(0, vocab, width):
         wd = min(width, vocab - c0)
         linear_logprobs_dlogits_kernel[(row_blocks * triton.cdiv(wd, cfg.block_v),)](
             hidden,
             weight,
             bias if bias is not None else hidden,
+            x_desc,
+            w_desc,
             targets,
             lse,
             entropy if g_h is not None else lse,
@@ -213,6 +276,7 @@ def backward(
             HAS_LOGP_GRAD=g_l is not None,
             HAS_ENTROPY_GRAD=g_h is not None,
             HAS_BIAS_GRAD=need_b,
+            USE_TMA=x_desc is not None,
             DOT_DTYPE=_dot_dtype(compute_dtype),
             DOT_PRECISION=_dot_precision(compute_dtype),
             BLOCK_N=cfg.block_n,
@@ -225,7 +289,9 @@ def backward(
         dy = ws[:, :wd]
         if need_x:
             _mm_fp32(dy, weight[c0 : c0 + wd].to(ws_dtype), out=grad_x, accumulate=True)
-        if need_w:
+        if need_w and grad_w.dtype == torch.float32:
+            _mm_fp32(dy.T, x_gemm, out=grad_w[c0 : c0 + wd])
+        elif need_w:
             grad_w[c0 : c0 + wd] = _mm_fp32(dy.T, x_gemm)
         if need_b:
             grad_b[c0 : c0 + wd] = db_part[:, :wd].sum(0)

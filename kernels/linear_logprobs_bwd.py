@@ -23,6 +23,8 @@ def linear_logprobs_dlogits_kernel(
     x_ptr,
     w_ptr,
     b_ptr,
+    x_desc,  # TensorDescriptor over x, block [BLOCK_N, BLOCK_K], or None without USE_TMA
+    w_desc,  # TensorDescriptor over the whole w (not the chunk), block [BLOCK_V, BLOCK_K], or None
     tgt_ptr,
     lse_ptr,
     entropy_ptr,
@@ -48,6 +50,7 @@ def linear_logprobs_dlogits_kernel(
     HAS_LOGP_GRAD: tl.constexpr,
     HAS_ENTROPY_GRAD: tl.constexpr,
     HAS_BIAS_GRAD: tl.constexpr,
+    USE_TMA: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -57,8 +60,14 @@ def linear_logprobs_dlogits_kernel(
 ):
     # Grouped order: GROUP_N row blocks sweep the chunk's vocabulary blocks together (X blocks and the chunk's
     # weight tiles stay in L2).
+    if USE_TMA:  # the descriptors' boxes are compiled in: they must be the tiles
+        tl.static_assert(x_desc.block_shape[0] == BLOCK_N)
+        tl.static_assert(x_desc.block_shape[1] == BLOCK_K)
+        tl.static_assert(w_desc.block_shape[0] == BLOCK_V)
+        tl.static_assert(w_desc.block_shape[1] == BLOCK_K)
     pid_n, pid_v = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(width, BLOCK_V), GROUP_N)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    row0 = pid_n * BLOCK_N
+    rows = row0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_mask = rows < N
     rows64 = rows.to(tl.int64)
     local = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # [BLOCK_V] column within the chunk
@@ -68,6 +77,10 @@ def linear_logprobs_dlogits_kernel(
         x_ptr,
         w_ptr,
         b_ptr,
+        x_desc,
+        w_desc,
+        row0,
+        c0 + pid_v * BLOCK_V,
         rows64,
         row_mask,
         cols64,
@@ -78,6 +91,7 @@ def linear_logprobs_dlogits_kernel(
         stride_wv,
         stride_wh,
         HAS_BIAS,
+        USE_TMA,
         DOT_DTYPE,
         DOT_PRECISION,
         BLOCK_N,
@@ -99,6 +113,7 @@ def linear_logprobs_dlogits_kernel(
         ent = tl.load(entropy_ptr + rows64, mask=row_mask, other=0.0)
         dz -= g_h[:, None] * p * (log_p + ent[:, None])
     mask = row_mask[:, None] & col_mask[None, :]
+    # Columns past the chunk (with TMA: the next chunk's real logits, finite) are dropped here.
     dy = tl.where(mask, dz * dz_dy, 0.0)
     tl.store(dy_ptr + rows64[:, None] * stride_dyn + local[None, :], dy.to(dy_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS_GRAD:

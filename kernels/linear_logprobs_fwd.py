@@ -25,6 +25,10 @@ def _logits_tile(
     x_ptr,
     w_ptr,
     b_ptr,
+    x_desc,  # host TensorDescriptor over x, block [BLOCK_N, BLOCK_K]; None without USE_TMA
+    w_desc,  # host TensorDescriptor over the whole w, block [BLOCK_V, BLOCK_K]; None without USE_TMA
+    row0,  # first row of the tile: the descriptor coordinate
+    v0,  # first vocabulary column of the tile: the descriptor coordinate
     rows64,
     row_mask,
     cols64,
@@ -35,27 +39,36 @@ def _logits_tile(
     stride_wv,
     stride_wh,
     HAS_BIAS: tl.constexpr,
+    USE_TMA: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """``y = x[rows] @ w[cols].T (+ b[cols])`` in fp32: [BLOCK_N, BLOCK_V]."""
+    """``y = x[rows] @ w[cols].T (+ b[cols])`` in fp32: [BLOCK_N, BLOCK_V].
+
+    With USE_TMA the tiles come through Hopper tensor-memory-access descriptors, which zero-fill outside the tensor
+    like the masked loads' ``other=0``; columns past the caller's range but inside V are real weights, which every
+    caller masks out of its result (``col_mask``)."""
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        k_mask = ks < H
-        x = tl.load(
-            x_ptr + rows64[:, None] * stride_xn + ks[None, :] * stride_xh,
-            mask=row_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        ).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_K]
-        w = tl.load(
-            w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
-            mask=col_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+        if USE_TMA:
+            x = x_desc.load([row0, k0]).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_K]
+            w = w_desc.load([v0, k0]).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+        else:
+            ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+            k_mask = ks < H
+            x = tl.load(
+                x_ptr + rows64[:, None] * stride_xn + ks[None, :] * stride_xh,
+                mask=row_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            ).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_K]
+            w = tl.load(
+                w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
+                mask=col_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols64, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -67,6 +80,8 @@ def linear_logprobs_fwd_kernel(
     x_ptr,  # [N, H]
     w_ptr,  # [V, H]
     b_ptr,  # [V]
+    x_desc,  # TensorDescriptor over x, block [BLOCK_N, BLOCK_K], or None without USE_TMA
+    w_desc,  # TensorDescriptor over w, block [BLOCK_V, BLOCK_K], or None without USE_TMA
     part_m_ptr,  # [SPLITS, N] fp32 running max
     part_s_ptr,  # [SPLITS, N] fp32 sum exp(z - m)
     part_t_ptr,  # [SPLITS, N] fp32 sum exp(z - m) * (z - m)
@@ -85,6 +100,7 @@ def linear_logprobs_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_SOFTMAX_W: tl.constexpr,
+    USE_TMA: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -92,8 +108,14 @@ def linear_logprobs_fwd_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_N: tl.constexpr,
 ):
+    if USE_TMA:  # the descriptors' boxes are compiled in: they must be the tiles
+        tl.static_assert(x_desc.block_shape[0] == BLOCK_N)
+        tl.static_assert(x_desc.block_shape[1] == BLOCK_K)
+        tl.static_assert(w_desc.block_shape[0] == BLOCK_V)
+        tl.static_assert(w_desc.block_shape[1] == BLOCK_K)
     pid_n, split = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(V, v_per_split), GROUP_N)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    row0 = pid_n * BLOCK_N
+    rows = row0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_mask = rows < N
     rows64 = rows.to(tl.int64)
     v_start = split * v_per_split
@@ -112,6 +134,10 @@ def linear_logprobs_fwd_kernel(
             x_ptr,
             w_ptr,
             b_ptr,
+            x_desc,
+            w_desc,
+            row0,
+            v0,
             rows64,
             row_mask,
             cols64,
@@ -122,6 +148,7 @@ def linear_logprobs_fwd_kernel(
             stride_wv,
             stride_wh,
             HAS_BIAS,
+            USE_TMA,
             DOT_DTYPE,
             DOT_PRECISION,
             BLOCK_N,
@@ -129,20 +156,26 @@ def linear_logprobs_fwd_kernel(
             BLOCK_K,
         )  # [BLOCK_N, BLOCK_V]
         z, dz_dy = logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP)
-        # Padded vocabulary columns must not enter the logsumexp.
+        # Padded vocabulary columns, and with TMA the next split's columns, must not enter the logsumexp.
         z = tl.where(col_mask[None, :], z, float("-inf"))
         m, s, t, e, alpha = online_softmax_update(m, s, t, z)
         if HAS_SOFTMAX_W:
             # acc = acc * alpha + (e * dz/dy) @ W[cols]: the rescaled running sum, kept in the split's fp32 slice.
-            pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V]
+            pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V], 0 at masked columns
+            # The previous tile stored the accumulator from other threads than the ones that load it below (the
+            # layouts differ), and Triton orders only shared memory between threads: one block barrier per tile.
+            tl.debug_barrier()
             for k0 in range(0, H, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_mask = ks < H
-                w = tl.load(
-                    w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
-                    mask=col_mask[:, None] & k_mask[None, :],
-                    other=0.0,
-                ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+                if USE_TMA:  # rows past the split's range are real weights, multiplied by pe == 0
+                    w = w_desc.load([v0, k0]).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+                else:
+                    w = tl.load(
+                        w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
+                        mask=col_mask[:, None] & k_mask[None, :],
+                        other=0.0,
+                    ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
                 acc_ptrs = part_acc_ptr + (split * N + rows64)[:, None] * H + ks[None, :]
                 io_mask = row_mask[:, None] & k_mask[None, :]
                 old = tl.load(acc_ptrs, mask=io_mask, other=0.0)  # [BLOCK_N, BLOCK_K]

@@ -184,3 +184,30 @@ def test_cpu_suite_smoke(tmp_path: Path) -> None:
     assert trl["speedup_vs_trl"] == pytest.approx(1.0) and trl["memory_ratio_vs_trl"] == pytest.approx(1.0)
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "table.md").is_file()
     assert (tmp_path / "pytest-benchmark.json").is_file()
+
+
+@pytest.mark.interpreter
+def test_tune_script_smoke(tmp_path: Path, monkeypatch) -> None:
+    """`python -m benchmarks.tune` end to end on tiny shapes under the interpreter: every candidate timed and checked
+    against the default config, a table the library reads back, the frozen route recorded."""
+    from fastgrpo_benchmarks import tune
+    from fastgrpo_kernels import configs
+
+    monkeypatch.setattr(configs, "TUNED_DIR", configs.TUNED_DIR)  # tune points the library at its output: undo
+    argv = ["--device", "cpu", "--hidden", "24", "--tokens", "21", "--vocab", "150", "--out", str(tmp_path)]
+    try:
+        assert tune.main(argv) == 0
+    finally:
+        configs.tuned_table.cache_clear()
+    table = json.loads((tmp_path / "cpu-interpreter.json").read_text())
+    assert table["versions"]["triton"] and table["date_utc"]
+    kinds = [e["kind"] for e in table["entries"]]
+    assert kinds == ["fwd", "fwd_softmax_w", "bwd", "frozen_route"]
+    for e in table["entries"][:3]:
+        configs.KernelConfig.from_dict(e["config"])  # loadable
+        assert e["ms"] <= e["default_ms"] and (e["n"], e["h"]) == (21, 24)
+    log = [json.loads(line) for line in (tmp_path / "tune_log.jsonl").read_text().splitlines()]
+    timed = [r for r in log if "ms" in r]
+    assert len(timed) == 3 * len(configs.candidates("fwd"))
+    assert all(r["max_rel_err"] < 1e-3 for r in timed)
+    assert "| frozen route | 21 | 24 |" in (tmp_path / "tune.md").read_text()

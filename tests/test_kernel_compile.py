@@ -17,16 +17,22 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("what", ["table", "candidates"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_kernels_compile_for_sm90_without_spills(dtype):
+def test_kernels_compile_for_sm90_without_spills(dtype, what):
+    """``table``: the shipped default configs; ``candidates``: every config the opt-in autotuner may pick."""
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    extra = ["--candidates"] if what == "candidates" else []
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "compile_report.py"), "--dtype", dtype, "--check"],
+        [sys.executable, str(ROOT / "tools" / "compile_report.py"), "--dtype", dtype, "--check", *extra],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("Triton's ptxas is not available")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert dtype == "fp32" or "wgmma" in proc.stdout
+    if what == "candidates":  # every kind reported, more than one config each
+        for kind in ("fwd ", "fwd_softmax_w ", "bwd "):
+            assert sum(line.startswith(kind) for line in proc.stdout.splitlines()) >= 2, proc.stdout

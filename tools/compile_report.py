@@ -1,6 +1,7 @@
 """Compile fastgrpo's lm_head kernels for a GPU target without a GPU and report registers, spills, shared memory.
 
     python tools/compile_report.py [--arch 90] [--dtype bf16] [--block-n 128 --block-v 128 --block-k 64 ...] [--check]
+    python tools/compile_report.py --candidates [--dtype fp32] [--check]   # every autotuning candidate
 
 Run without TRITON_INTERPRET. Useful to choose block shapes before a GPU session, and as a smoke test that the
 kernels lower for sm_90 (tests/test_kernel_compile.py runs it on a few variants).
@@ -32,10 +33,13 @@ _FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
 _TL = {"bf16": triton.language.bfloat16, "fp16": triton.language.float16, "fp32": triton.language.float32}
 
 
-def _signature(kernel, dtype: str, ws_dtype: str) -> dict:
+def _signature(kernel, dtype: str, ws_dtype: str, boxes: dict) -> dict:
     sig = {}
     for p in inspect.signature(kernel.fn).parameters:
-        if p.endswith("_ptr"):
+        if p.endswith("_desc"):
+            # A host TensorDescriptor's JIT signature; without USE_TMA the launch passes None (a constexpr).
+            sig[p] = f"tensordesc<{dtype}[{', '.join(map(str, boxes[p]))}]>" if p in boxes else "constexpr"
+        elif p.endswith("_ptr"):
             if p in ("x_ptr", "w_ptr", "b_ptr"):
                 sig[p] = f"*{dtype}"
             elif p == "tgt_ptr":
@@ -64,8 +68,15 @@ def compile_kernel(
     kernel, constexprs: dict, dtype: str = "bf16", arch: int = 90, num_warps: int = 8, num_stages: int = 3
 ):
     params = list(inspect.signature(kernel.fn).parameters)
-    constexprs = {**{p: 1 for p in params if p in _UNIT_STRIDES}, **constexprs}
-    signature = _signature(kernel, dtype, dtype)
+    boxes = {}
+    if constexprs.get("USE_TMA"):
+        boxes = {
+            "x_desc": [constexprs["BLOCK_N"], constexprs["BLOCK_K"]],
+            "w_desc": [constexprs["BLOCK_V"], constexprs["BLOCK_K"]],
+        }
+    unused_desc = {p: None for p in params if p.endswith("_desc") and p not in boxes}
+    constexprs = {**{p: 1 for p in params if p in _UNIT_STRIDES}, **unused_desc, **constexprs}
+    signature = _signature(kernel, dtype, dtype, boxes)
     signature.update({p: "constexpr" for p in params if p in _UNIT_STRIDES})
     attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr") or p in _DIV16_INTS}
     src = ASTSource(
@@ -79,10 +90,10 @@ def compile_kernel(
     )
 
 
-def variants(dtype: str, block_n: int, block_v: int, block_k: int, group_n: int):
+def variants(dtype: str, block_n: int, block_v: int, block_k: int, group_n: int, use_tma: bool = False):
     dot = _TL[dtype]
     precision = "ieee" if dtype == "fp32" else None
-    blocks = dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_K=block_k, GROUP_N=group_n)
+    blocks = dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_K=block_k, GROUP_N=group_n, USE_TMA=use_tma)
     for softmax_w in (False, True):
         yield (
             f"fwd softmax_w={softmax_w}",
@@ -158,19 +169,43 @@ def main() -> None:
     ap.add_argument("--group-n", type=int, default=gpu.group_n)
     ap.add_argument("--num-warps", type=int, default=gpu.num_warps)
     ap.add_argument("--num-stages", type=int, default=gpu.num_stages)
+    ap.add_argument("--tma", action="store_true", default=gpu.use_tma, help="TMA descriptor loads (sm_90)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a GEMM kernel spills, or misses wgmma/async copies")
+    ap.add_argument(
+        "--candidates", action="store_true", help="report every autotuning candidate (configs.candidates) instead"
+    )
     args = ap.parse_args()
     failures = []
-    print(f"{'kernel':<24} {'regs':>5} {'stack':>6} {'LDL/STL':>8} {'smem KiB':>9} {'async':>6}  mma")
-    for name, kernel, const in variants(args.dtype, args.block_n, args.block_v, args.block_k, args.group_n):
-        c = compile_kernel(kernel, const, args.dtype, args.arch, args.num_warps, args.num_stages)
+    print(f"{'kernel':<44} {'regs':>5} {'stack':>6} {'LDL/STL':>8} {'smem KiB':>9} {'async':>6}  mma")
+    if args.candidates:
+        # The kernel each kind launches: fwd -> forward, fwd_softmax_w -> forward + softmax@W, bwd -> dL/dy.
+        index = {"fwd": 0, "fwd_softmax_w": 1, "bwd": 2}
+        jobs = []
+        for kind in configs.KINDS:
+            for cfg in configs.candidates(kind, fp32_operands=args.dtype == "fp32"):
+                todo = variants(args.dtype, cfg.block_n, cfg.block_v, cfg.block_k, cfg.group_n, cfg.use_tma)
+                todo = list(todo)[index[kind]]
+                jobs.append((f"{kind} {cfg.label()}", *todo[1:], cfg.num_warps, cfg.num_stages))
+    else:
+        jobs = [
+            (name, kernel, const, args.num_warps, args.num_stages)
+            for name, kernel, const in variants(
+                args.dtype, args.block_n, args.block_v, args.block_k, args.group_n, args.tma
+            )
+        ]
+    for name, kernel, const, num_warps, num_stages in jobs:
+        c = compile_kernel(kernel, const, args.dtype, args.arch, num_warps, num_stages)
         ptx = c.asm["ptx"]
         mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "-"
+        tma = "cp.async.bulk.tensor" in ptx
+        mma += "+tma" if tma else ""
         regs, stack, local, smem = resource_usage(c)
-        n_async = c.asm["ttgir"].count("async_copy_global_to_local")  # software-pipelined loads
-        print(f"{name:<24} {regs:>5} {stack:>6} {local:>8} {smem / 1024:>9.1f} {n_async:>6}  {mma}")
+        ttgir = c.asm["ttgir"]  # software-pipelined loads: async copies, or TMA copies with TMA descriptors
+        n_async = ttgir.count("async_copy_global_to_local") + ttgir.count("async_tma_copy_global_to_local")
+        print(f"{name:<44} {regs:>5} {stack:>6} {local:>8} {smem / 1024:>9.1f} {n_async:>6}  {mma}", flush=True)
         want_wgmma = args.dtype != "fp32"  # exact fp32 (no TF32) runs on FMAs
-        if name != "combine" and (stack or local or (want_wgmma and mma != "wgmma") or n_async == 0):
+        lost_tma = " tma" in name and not tma  # a TMA config whose loads did not lower to TMA copies
+        if name != "combine" and (stack or local or (want_wgmma and "wgmma" not in mma) or n_async == 0 or lost_tma):
             failures.append(name)
     if args.check and failures:
         sys.exit(f"spills, no wgmma or no pipelined loads in: {', '.join(failures)}")
