@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -68,6 +69,7 @@ def describe(device: str) -> dict[str, Any]:
         "git_commit": os.environ.get("FASTGRPO_BENCH_COMMIT") or _run(["git", "rev-parse", "--short", "HEAD"]),
         "git_dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
     }
+    info["launch_configs"] = launch_configs()
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info["device_name"] = props.name
@@ -78,3 +80,18 @@ def describe(device: str) -> dict[str, Any]:
         info["device_name"] = info["cpu"]
         info["driver"] = "n/a (CPU)"
     return info
+
+
+def launch_configs() -> dict[str, Any]:
+    """Which launch configs the kernels ran with: the tuned tables present (with their provenance) and autotuning."""
+    from fastgrpo import tuning
+    from fastgrpo_kernels import configs
+
+    tables = {}
+    for path in sorted(configs.TUNED_DIR.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            tables[path.stem] = {k: data.get(k) for k in ("device", "date_utc", "git_commit")}
+        except (OSError, ValueError) as err:
+            tables[path.stem] = {"error": str(err)}
+    return {"tuned_tables": tables, "autotune": tuning.autotune_enabled()}

@@ -54,8 +54,12 @@ if [ ! -f "$RES/results.json" ] && [ -f "$RES/rows.partial.jsonl" ]; then
   echo "run stopped early (status $rc): writing results from the rows it finished"
   python3 -m benchmarks.recover "$RES" --suite "$SUITE" 2>&1 | tee -a "$OUT/log.txt"
 fi
+if [ -f "$RES/results.json" ]; then
+  python3 -m benchmarks.targets "$RES/results.json" > "$RES/targets.md" 2>&1 && cp "$RES/targets.md" "$OUT/"
+fi
 tar czf "$OUT/results.tgz" -C "$RES" .
 cp "$RES/table.md" "$OUT/table.md" 2>/dev/null || true
 cp "$RES/tune.md" "$RES"/sm*.json "$OUT/" 2>/dev/null || true
+[ -f "$RES/targets.md" ] && head -3 "$RES/targets.md"
 echo "exit status $rc; results in \$OUT/results.tgz (extract into benchmarks/results/$SUITE/)"
 exit "$rc"
