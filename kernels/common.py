@@ -11,6 +11,13 @@ import triton.language as tl
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Exponentials as exp2 of an FFMA: on sm_90 `tl.exp` lowers to ex2.approx.f32 plus a log2(e) multiply and
+# denormal-range fix-ups (3 FMUL + 1 FSETP per element, from the SASS); `tl.exp2(fma(z, LOG2E, -m * LOG2E))` is one
+# FFMA and one ex2.approx.ftz. Statistics stay in natural units (m, lse), so logp carries no extra rounding bias.
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
 @triton.jit
 def logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP: tl.constexpr):
     """``z = softcap * tanh(logit_scale * y / softcap) * inv_t`` and ``dz/dy``; fp32 in and out.
@@ -22,8 +29,10 @@ def logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP: tl.constexpr):
     softcap = tl.cast(softcap, tl.float32)
     inv_t = tl.cast(inv_t, tl.float32)
     if HAS_SOFTCAP:
-        # tanh(u) = 2 * sigmoid(2u) - 1: stable for large |u|, and tl has no tanh on every backend.
-        th = 2.0 * tl.sigmoid(2.0 * (y * logit_scale) / softcap) - 1.0
+        # tanh(u) = 2 / (1 + exp(-2u)) - 1, with exp(-2u) = exp2(c * y): stable at large |u| (exp2 -> inf or 0
+        # gives th = -1 or 1), one ex2 per element, and tl has no tanh on every backend.
+        c = (-2.0 * LOG2E) * logit_scale / softcap
+        th = 2.0 / (1.0 + tl.exp2(y * c)) - 1.0
         z = softcap * th * inv_t
         dz_dy = (1.0 - th * th) * (logit_scale * inv_t)
     else:
@@ -33,30 +42,37 @@ def logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def online_softmax_update(m, s, t, z):
+def online_softmax_update(m, s, t, z, HAS_T: tl.constexpr):
     """Fold one logit tile ``z`` [BLOCK_N, BLOCK_V] (masked entries -inf) into per-row running statistics.
 
-    ``m`` running max, ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m)`` (all [BLOCK_N], fp32), from which
-    ``lse = m + log(s)`` and ``entropy = log(s) - t / s``. Keeping ``t`` relative to ``m`` avoids the cancellation
-    of ``lse - sum(p * z)`` at large logits. Returns ``(m_new, s_new, t_new, e, alpha)`` with ``e = exp(z - m_new)``
-    (0 at masked entries) and ``alpha = exp(m - m_new)``, the factor any accumulator weighted by ``e`` is rescaled by.
+    ``m`` running max, ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m) * log2(e)`` (all [BLOCK_N], fp32),
+    from which ``lse = m + log(s)`` and ``entropy = log(s) - t * ln2 / s``. Keeping ``t`` relative to ``m`` avoids
+    the cancellation of ``lse - sum(p * z)`` at large logits; ``t`` is in units of the exponent the exp2 already
+    computed (no extra multiply per element), and not accumulated at all without ``HAS_T`` (no entropy asked).
+    Returns ``(m_new, s_new, t_new, e, alpha)`` with ``e = exp(z - m_new)`` (0 at masked entries) and
+    ``alpha = exp(m - m_new)``, the factor any accumulator weighted by ``e`` is rescaled by.
     """
     m_new = tl.maximum(m, tl.max(z, axis=1))  # [BLOCK_N]
-    alpha = tl.exp(m - m_new)  # 0 on the first tile (m = -inf)
-    zc = z - m_new[:, None]  # [BLOCK_N, BLOCK_V], <= 0, -inf at masked entries
-    e = tl.exp(zc)
-    # Rebase t to the new max: sum e'(z - m_new) = alpha * (t + (m - m_new) * s); s = 0 before the first tile.
-    shift = tl.where(s > 0, m - m_new, 0.0) * s
-    t_new = alpha * (t + shift) + tl.sum(e * tl.where(e > 0, zc, 0.0), axis=1)  # no 0 * -inf at masked entries
+    alpha = tl.exp2((m - m_new) * LOG2E)  # 0 on the first tile (m = -inf)
+    x = z * LOG2E - (m_new * LOG2E)[:, None]  # [BLOCK_N, BLOCK_V] (z - m_new) * log2(e), one FFMA; -inf masked
+    e = tl.exp2(x)
     s_new = alpha * s + tl.sum(e, axis=1)
+    t_new = t
+    if HAS_T:
+        # Rebase t to the new max: sum e'x' = alpha * (t + (m - m_new) * log2(e) * s); s = 0 before the first tile.
+        shift = tl.where(s > 0, (m - m_new) * LOG2E, 0.0) * s
+        # Where x < -1000, e = 2^x is exactly 0 in fp32, so clamping x there changes no product, and it turns the
+        # masked entries' 0 * -inf into 0 with one max instead of a compare and a select.
+        t_new = alpha * (t + shift) + tl.sum(e * tl.maximum(x, -1000.0), axis=1)
     return m_new, s_new, t_new, e, alpha
 
 
 @triton.jit
 def combine_partials(m_i, s_i, t_i, m_all):
     """Weight of one vocabulary split's statistics after the global max ``m_all``: returns (scale, s, t) terms."""
-    scale = tl.exp(m_i - m_all)
-    return scale, s_i * scale, scale * (t_i + (m_i - m_all) * s_i)
+    d = (m_i - m_all) * LOG2E
+    scale = tl.exp2(d)
+    return scale, s_i * scale, scale * (t_i + d * s_i)
 
 
 @triton.jit

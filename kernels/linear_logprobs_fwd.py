@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import combine_partials, grouped_tile, logit_transform, online_softmax_update
+from .common import LN2, LOG2E, combine_partials, grouped_tile, logit_transform, online_softmax_update
 
 
 @triton.jit
@@ -84,7 +84,7 @@ def linear_logprobs_fwd_kernel(
     w_desc,  # TensorDescriptor over w, block [BLOCK_V, BLOCK_K], or None without USE_TMA
     part_m_ptr,  # [SPLITS, N] fp32 running max
     part_s_ptr,  # [SPLITS, N] fp32 sum exp(z - m)
-    part_t_ptr,  # [SPLITS, N] fp32 sum exp(z - m) * (z - m)
+    part_t_ptr,  # [SPLITS, N] fp32 sum exp(z - m) * (z - m) * log2(e), 0 without HAS_ENTROPY
     part_acc_ptr,  # [SPLITS, N, H] fp32, only with HAS_SOFTMAX_W
     N,
     H,
@@ -100,6 +100,7 @@ def linear_logprobs_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_SOFTMAX_W: tl.constexpr,
+    HAS_ENTROPY: tl.constexpr,
     USE_TMA: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -158,7 +159,7 @@ def linear_logprobs_fwd_kernel(
         z, dz_dy = logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP)
         # Padded vocabulary columns, and with TMA the next split's columns, must not enter the logsumexp.
         z = tl.where(col_mask[None, :], z, float("-inf"))
-        m, s, t, e, alpha = online_softmax_update(m, s, t, z)
+        m, s, t, e, alpha = online_softmax_update(m, s, t, z, HAS_ENTROPY)
         if HAS_SOFTMAX_W:
             # acc = acc * alpha + (e * dz/dy) @ W[cols]: the rescaled running sum, kept in the split's fp32 slice.
             pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V], 0 at masked columns
@@ -265,7 +266,7 @@ def combine_splits_kernel(
     tl.store(lse_ptr + rows64, lse, mask=row_mask)
     tl.store(logp_ptr + rows64, tl.where(valid, z_t - lse, 0.0), mask=row_mask)
     if HAS_ENTROPY:
-        tl.store(entropy_ptr + rows64, tl.where(valid, log_s - t / s, 0.0), mask=row_mask)
+        tl.store(entropy_ptr + rows64, tl.where(valid, log_s - t * LN2 / s, 0.0), mask=row_mask)
     if HAS_SOFTMAX_W:
         tl.store(target_scale_ptr + rows64, a_t, mask=row_mask)
         for k0 in range(0, H, BLOCK_K):
@@ -273,7 +274,7 @@ def combine_splits_kernel(
             io_mask = row_mask[:, None] & (ks < H)[None, :]
             acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
             for i in range(0, SPLITS):
-                w_i = tl.exp(tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0) - m_all) / s
+                w_i = tl.exp2((tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0) - m_all) * LOG2E) / s
                 part = tl.load(part_acc_ptr + (i * N + rows64)[:, None] * H + ks[None, :], mask=io_mask, other=0.0)
                 acc += part * w_i[:, None]
             # With one split, softmax_w may alias the partial: each element is read before it is written.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import triton
@@ -31,7 +33,7 @@ def test_grouped_tile_is_a_bijection(n_rows, n_cols, group):
 
 
 @triton.jit
-def _online_kernel(z_ptr, m_ptr, s_ptr, t_ptr, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+def _online_kernel(z_ptr, m_ptr, s_ptr, t_ptr, V, HAS_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
     rows = tl.arange(0, BLOCK_N)
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -39,22 +41,29 @@ def _online_kernel(z_ptr, m_ptr, s_ptr, t_ptr, V, BLOCK_N: tl.constexpr, BLOCK_V
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         z = tl.load(z_ptr + rows[:, None] * V + cols[None, :], mask=cols[None, :] < V, other=float("-inf"))
-        m, s, t, e, alpha = online_softmax_update(m, s, t, z)
+        m, s, t, e, alpha = online_softmax_update(m, s, t, z, HAS_T)
     tl.store(m_ptr + rows, m)
     tl.store(s_ptr + rows, s)
     tl.store(t_ptr + rows, t)
 
 
-def test_online_softmax_update_gives_logsumexp_and_entropy():
-    # Rows whose maximum arrives late (rescaling) and rows with large offsets (cancellation in lse - E[z]).
+@pytest.mark.parametrize("has_t", [True, False])
+def test_online_softmax_update_gives_logsumexp_and_entropy(has_t):
+    # Rows whose maximum arrives late (rescaling), rows with large offsets (cancellation in lse - E[z]), and a row
+    # with -inf logits (a banned token: exp(-inf) = 0 and no 0 * -inf in the entropy sum). V=100: a masked tail.
     z = torch.randn(16, 100) * 4
     z[0, 90:] += 30
     z[1] += 1000.0
+    z[2, ::3] = float("-inf")
     m, s, t = (torch.full((16,), float("nan")) for _ in range(3))
-    _online_kernel[(1,)](z, m, s, t, 100, BLOCK_N=16, BLOCK_V=32)
+    _online_kernel[(1,)](z, m, s, t, 100, HAS_T=has_t, BLOCK_N=16, BLOCK_V=32)
     z64 = z.double()
     lse = torch.logsumexp(z64, -1)
-    p = torch.softmax(z64, -1)
-    entropy = -(p * torch.log_softmax(z64, -1)).sum(-1)
     torch.testing.assert_close((m + torch.log(s)).double(), lse, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close((torch.log(s) - t / s).double(), entropy, rtol=1e-5, atol=1e-5)
+    if has_t:
+        p = torch.softmax(z64, -1)
+        entropy = -(p * torch.where(p > 0, torch.log_softmax(z64, -1), 0)).sum(-1)
+        # t is kept in units of the exp2 exponent, (z - m) * log2(e): entropy = log(s) - t * ln(2) / s.
+        torch.testing.assert_close((torch.log(s) - t * math.log(2) / s).double(), entropy, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(t, torch.zeros(16))
