@@ -157,7 +157,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
         hidden, weight, b_arg, x_desc, w_desc, part[0], part[1], part[2], part_acc,
         n, h, vocab, v_per_split, *strides,
-        **scalars, **flags, USE_TMA=x_desc is not None,
+        **scalars, **flags, HAS_ENTROPY=opts.return_entropy, USE_TMA=x_desc is not None,
         DOT_DTYPE=_dot_dtype(compute_dtype), DOT_PRECISION=_dot_precision(compute_dtype),
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
