@@ -21,6 +21,7 @@ from . import tma, tuning
 from .options import LogProbOptions
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}  # tuned tables' names
 
 
 def _check_dtype(compute_dtype: torch.dtype) -> None:
@@ -109,7 +110,7 @@ def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: tor
     """What selects a launch config: operand precision, sizes, device."""
     return dict(
         fp32_operands=_dot_precision(compute_dtype) == "ieee",
-        dtype={torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[compute_dtype],
+        dtype=_DTYPE_NAMES[compute_dtype],
         n=hidden.shape[0],
         h=hidden.shape[1],
         vocab=weight.shape[0],
@@ -120,8 +121,7 @@ def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: tor
 def frozen_head_identity(hidden: torch.Tensor, compute_dtype: torch.dtype) -> bool:
     """Frozen head: accumulate softmax(z) @ W in the forward (True) or recompute the logits in the backward."""
     n, h = hidden.shape
-    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[compute_dtype]
-    return configs.frozen_head_identity(n, h, tuning.device_arch(hidden.device), dtype)
+    return configs.frozen_head_identity(n, h, tuning.device_arch(hidden.device), _DTYPE_NAMES[compute_dtype])
 
 
 def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w):

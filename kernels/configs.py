@@ -60,10 +60,12 @@ class KernelConfig:
         default = KernelConfig()
         if self.use_tma:
             text += " tma"
-        for name in ("group_n", "min_splits", "workspace_bytes"):
-            value = getattr(self, name)
-            if value != getattr(default, name):
-                text += f" {name}={value >> 20 if name == 'workspace_bytes' else value}{'M' * (name[-5:] == 'bytes')}"
+        if self.group_n != default.group_n:
+            text += f" group_n={self.group_n}"
+        if self.min_splits != default.min_splits:
+            text += f" min_splits={self.min_splits}"
+        if self.workspace_bytes != default.workspace_bytes:
+            text += f" workspace_bytes={self.workspace_bytes >> 20}M"
         return text
 
     def to_dict(self) -> dict:

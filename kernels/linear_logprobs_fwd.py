@@ -21,6 +21,36 @@ from .common import LN2, LOG2E, combine_partials, grouped_tile, logit_transform,
 
 
 @triton.jit
+def _w_tile(
+    w_ptr,
+    w_desc,
+    v0,
+    k0,
+    cols64,
+    col_mask,
+    H,
+    stride_wv,
+    stride_wh,
+    USE_TMA: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One weight tile ``w[cols, k0:k0 + BLOCK_K]`` as DOT_DTYPE: [BLOCK_V, BLOCK_K], zero outside the tensor. With
+    USE_TMA it comes through the descriptor, whose box may read real weights past ``col_mask`` (inside V): every
+    caller masks those columns out of its result."""
+    if USE_TMA:
+        w = w_desc.load([v0, k0])
+    else:
+        ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        w = tl.load(
+            w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
+            mask=col_mask[:, None] & (ks < H)[None, :],
+            other=0.0,
+        )
+    return w.to(DOT_DTYPE)
+
+
+@triton.jit
 def _logits_tile(
     x_ptr,
     w_ptr,
@@ -55,21 +85,15 @@ def _logits_tile(
     for k0 in range(0, H, BLOCK_K):
         if USE_TMA:
             x = x_desc.load([row0, k0]).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_K]
-            w = w_desc.load([v0, k0]).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
         else:
             ks = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-            k_mask = ks < H
             x = tl.load(
                 x_ptr + rows64[:, None] * stride_xn + ks[None, :] * stride_xh,
-                mask=row_mask[:, None] & k_mask[None, :],
+                mask=row_mask[:, None] & (ks < H)[None, :],
                 other=0.0,
             ).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_K]
-            w = tl.load(
-                w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
-                mask=col_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        w = _w_tile(w_ptr, w_desc, v0, k0, cols64, col_mask, H, stride_wv, stride_wh, USE_TMA, DOT_DTYPE, BLOCK_K)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)  # w: [BLOCK_V, BLOCK_K]
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols64, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     return acc
@@ -169,14 +193,10 @@ def linear_logprobs_fwd_kernel(
             for k0 in range(0, H, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_mask = ks < H
-                if USE_TMA:  # rows past the split's range are real weights, multiplied by pe == 0
-                    w = w_desc.load([v0, k0]).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
-                else:
-                    w = tl.load(
-                        w_ptr + cols64[:, None] * stride_wv + ks[None, :] * stride_wh,
-                        mask=col_mask[:, None] & k_mask[None, :],
-                        other=0.0,
-                    ).to(DOT_DTYPE)  # [BLOCK_V, BLOCK_K]
+                # [BLOCK_V, BLOCK_K]; with TMA, rows past the split's range are real weights, multiplied by pe == 0
+                w = _w_tile(
+                    w_ptr, w_desc, v0, k0, cols64, col_mask, H, stride_wv, stride_wh, USE_TMA, DOT_DTYPE, BLOCK_K
+                )
                 acc_ptrs = part_acc_ptr + (split * N + rows64)[:, None] * H + ks[None, :]
                 io_mask = row_mask[:, None] & k_mask[None, :]
                 old = tl.load(acc_ptrs, mask=io_mask, other=0.0)  # [BLOCK_N, BLOCK_K]
