@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from fastgrpo import env
+
 from . import peers
 from .environment import describe
 from .plots import write_plots
@@ -79,9 +81,7 @@ def bench(request: pytest.FixtureRequest) -> BenchState:
 
 
 def _out_dir(config: pytest.Config, state: BenchState) -> Path:
-    return Path(
-        config.getoption("bench_out") or os.environ.get("FASTGRPO_BENCH_OUT") or default_results_dir(state.suite)
-    )
+    return Path(config.getoption("bench_out") or env.get("FASTGRPO_BENCH_OUT") or default_results_dir(state.suite))
 
 
 @pytest.hookimpl(trylast=True)

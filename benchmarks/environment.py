@@ -6,12 +6,13 @@ import datetime as dt
 import importlib
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 from typing import Any
 
 import torch
+
+from fastgrpo import env
 
 PACKAGES = (
     "fastgrpo",
@@ -66,7 +67,7 @@ def describe(device: str) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "versions": {name: package_version(name) for name in PACKAGES},
         "torch_cuda": torch.version.cuda,
-        "git_commit": os.environ.get("FASTGRPO_BENCH_COMMIT") or _run(["git", "rev-parse", "--short", "HEAD"]),
+        "git_commit": env.get("FASTGRPO_BENCH_COMMIT") or _run(["git", "rev-parse", "--short", "HEAD"]),
         "git_dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
     }
     info["launch_configs"] = launch_configs()

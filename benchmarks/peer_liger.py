@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from fastgrpo import env
 
 from .grpo_math import SETTINGS
 from .inputs import InputSet
@@ -28,7 +28,7 @@ def build_fused(mode: str, device: str) -> Runner:
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
     except ImportError as exc:
         raise Unavailable(f"liger-kernel not installed ({exc})") from exc
-    compiled = os.environ.get("FASTGRPO_BENCH_LIGER_COMPILED", "1" if device == "cuda" else "0") == "1"
+    compiled = env.flag("FASTGRPO_BENCH_LIGER_COMPILED", default=device == "cuda")
     loss_fn = LigerFusedLinearGRPOLoss(
         beta=SETTINGS.beta,
         compiled=compiled,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fastgrpo import env
 
 from .accuracy import measure_errors
 from .inputs import make_weight
@@ -39,7 +40,7 @@ class BenchState:
     _matmul_tflops: float | None = None
     # Seconds from the session's start after which remaining cases are skipped (0 = no limit), so a run under a
     # hard wall-clock limit (the device tool's 10 minutes) still writes its results.
-    time_budget_s: float = field(default_factory=lambda: float(os.environ.get("FASTGRPO_BENCH_TIME_BUDGET_S", "0")))
+    time_budget_s: float = field(default_factory=lambda: float(env.get("FASTGRPO_BENCH_TIME_BUDGET_S") or 0))
     started: float = field(default_factory=time.monotonic)
     # Rows are also appended here as they come, so a run killed by a wall-clock limit leaves what it measured.
     partial_path: Path | None = None

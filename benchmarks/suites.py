@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fastgrpo import env
 
 QWEN_VOCAB = 151936
 # Hidden sizes of Qwen2.5 0.5B / 1.5B / 7B.
@@ -166,7 +167,7 @@ def default_suite_name(cuda_available: bool) -> str:
 
 def resolve_suite(name: str | None, cuda_available: bool) -> Suite:
     """The suite named by ``name`` (or $FASTGRPO_BENCH_SUITE, or the device's default); a ValueError if unknown."""
-    name = name or os.environ.get(SUITE_ENV) or "auto"
+    name = name or env.get(SUITE_ENV) or "auto"
     if name == "auto":
         name = default_suite_name(cuda_available)
     if name not in SUITES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal, NamedTuple
 
 import torch
@@ -24,7 +23,10 @@ class LogProbs(NamedTuple):
 
 
 def triton_interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether the kernels were imported under the interpreter (Triton decides that once, at import)."""
+    from fastgrpo_kernels.common import INTERPRET
+
+    return INTERPRET
 
 
 def _triton_importable() -> bool:

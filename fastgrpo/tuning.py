@@ -28,6 +28,7 @@ import torch
 from fastgrpo_kernels import configs
 from fastgrpo_kernels.configs import KernelConfig, Kind
 
+from . import env
 from ._log import log_once, logger
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ def disable_autotune() -> None:
 def autotune_enabled() -> bool:
     if _enabled is not None:
         return _enabled
-    return os.environ.get("FASTGRPO_AUTOTUNE", "0").strip().lower() not in ("", "0", "false", "no", "off")
+    return env.flag("FASTGRPO_AUTOTUNE")
 
 
 def clear_choices() -> None:
@@ -160,7 +161,7 @@ def _capturing(device: torch.device) -> bool:
 
 
 def _path() -> str | None:
-    return _cache_path or os.environ.get("FASTGRPO_AUTOTUNE_CACHE") or None
+    return _cache_path or env.get("FASTGRPO_AUTOTUNE_CACHE") or None
 
 
 def _load_cache() -> None:

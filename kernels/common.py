@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
 # Read once, like triton itself: TRITON_INTERPRET must be set before any @triton.jit runs.
-INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from fastgrpo.env import triton_interpret
+
+INTERPRET: bool = triton_interpret()
 
 
 # Exponentials as exp2 of an FFMA: on sm_90 `tl.exp` lowers to ex2.approx.f32 plus a log2(e) multiply and

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastgrpo import env
 from fastgrpo_benchmarks.memory import measure_memory
 from fastgrpo_benchmarks.metrics import (
     matmul_flops,
@@ -141,7 +142,7 @@ def test_cpu_peak_extra_memory_sees_temporaries() -> None:
     assert 4 * mib <= reading.peak_extra_bytes < 4 * mib + 4096
 
 
-@pytest.mark.skipif(os.environ.get("FASTGRPO_SKIP_BENCH_SMOKE") == "1", reason="FASTGRPO_SKIP_BENCH_SMOKE=1")
+@pytest.mark.skipif(env.flag("FASTGRPO_SKIP_BENCH_SMOKE"), reason="FASTGRPO_SKIP_BENCH_SMOKE=1")
 def test_cpu_suite_smoke(tmp_path: Path) -> None:
     """`python -m benchmarks --suite cpu-tiny` end to end: every row present, ok or with a reason; files written."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -17,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+from fastgrpo.env import triton_interpret  # noqa: E402
+
+if triton_interpret():
     sys.exit("unset TRITON_INTERPRET: the compiler must see the kernels")
 
 import triton  # noqa: E402

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from packaging.version import Version
+
+from fastgrpo import env
 
 MIN_TRL = Version("1.10")
 MAX_TRL_EXCLUSIVE = Version("2")
@@ -47,8 +47,9 @@ def resolve_backend_choice(backend: str | None) -> str:
     """The kernel backend the trainer uses: the argument, else $FASTGRPO_BACKEND, else "auto"; validated."""
     source = "fastgrpo_backend"
     if backend is None:
-        backend = os.environ.get(BACKEND_ENV) or "auto"
-        source = f"${BACKEND_ENV}" if os.environ.get(BACKEND_ENV) else "default"
+        from_env = env.get(BACKEND_ENV)
+        backend = from_env or "auto"
+        source = f"${BACKEND_ENV}" if from_env else "default"
     if backend not in BACKENDS:
         raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
     return backend

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from fastgrpo import env
+
 LOSS_PATHS = ("auto", "trl")
 LOSS_ENV = "FASTGRPO_LOSS"
 
@@ -30,11 +32,9 @@ def fused_loss_available() -> bool:
 
 
 def resolve_loss_path(choice: str | None) -> str:
-    import os
-
     source = "fastgrpo_loss"
     if choice is None:
-        choice = os.environ.get(LOSS_ENV) or "auto"
+        choice = env.get(LOSS_ENV) or "auto"
         source = f"${LOSS_ENV}"
     if choice not in LOSS_PATHS:
         raise ValueError(f"{source} must be one of {LOSS_PATHS}, got {choice!r}")
