@@ -6,6 +6,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from . import env
 from ._log import log_once
 from .autograd import LinearLogProbsFunction
 from .checks import check_linear_logprobs_inputs, compute_dtype_for
@@ -23,10 +24,7 @@ class LogProbs(NamedTuple):
 
 
 def triton_interpreter_enabled() -> bool:
-    """Whether the kernels were imported under the interpreter (Triton decides that once, at import)."""
-    from fastgrpo_kernels.common import INTERPRET
-
-    return INTERPRET
+    return env.triton_interpret()
 
 
 def _triton_importable() -> bool:
