@@ -359,3 +359,24 @@ def test_every_launch_uses_the_resolved_config(monkeypatch):
         }[name]
         assert meta == want, name
     assert {"fwd", "combine", "bwd", "grpo_loss"} <= set(resolved)
+
+
+@pytest.mark.interpreter
+def test_frozen_head_route_is_decided_by_the_resolver(monkeypatch):
+    """The API asks the resolver which frozen-head route runs: the identity (one forward launch with softmax@W, no
+    backward pass over V) or the recompute backward; both give the same gradient."""
+    case = make_case(37, 40, 301)
+    r = LaunchConfigResolver()
+    kinds = []
+    real_launch = r.launch
+    monkeypatch.setattr(r, "launch", lambda kind, run, **kw: kinds.append(kind) or real_launch(kind, run, **kw))
+    grads = {}
+    with launch_config.use(r):
+        for identity in (True, False):
+            kinds.clear()
+            hidden = case.hidden.clone().requires_grad_()
+            with r.override(kinds="frozen_route", softmax_w_identity=identity):
+                out = fastgrpo.linear_logprobs(hidden, case.weight, case.targets, backend="triton")
+                (grads[identity],) = torch.autograd.grad(out.logp.sum(), [hidden])
+            assert kinds == (["fwd_softmax_w"] if identity else ["fwd", "bwd"])
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)
