@@ -1,4 +1,5 @@
-"""Launcher of the GRPO loss kernel: prepares pointers, allocates (NaN-poisoned) outputs, picks block sizes."""
+"""Launcher of the GRPO loss kernel: prepares pointers, allocates (NaN-poisoned) outputs, launches with the block
+sizes and warps of the launch-config resolver."""
 
 from __future__ import annotations
 
