@@ -184,8 +184,8 @@ def main() -> None:
         # The kernel each kind launches: fwd -> forward, fwd_softmax_w -> forward + softmax@W, bwd -> dL/dy.
         index = {"fwd": 0, "fwd_softmax_w": 1, "bwd": 2}
         jobs = []
-        for kind in configs.KINDS:
-            for cfg in configs.candidates(kind, fp32_operands=args.dtype == "fp32"):
+        for kind in configs.TUNABLE_KINDS:
+            for cfg in configs.candidates(kind, args.dtype):
                 todo = variants(args.dtype, cfg.block_n, cfg.block_v, cfg.block_k, cfg.group_n, cfg.use_tma)
                 todo = list(todo)[index[kind]]
                 jobs.append((f"{kind} {cfg.label()}", *todo[1:], cfg.num_warps, cfg.num_stages))
