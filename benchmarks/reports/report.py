@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .metrics import ratio, roofline_percent, tflops
-from .suites import BASELINE
+from ..harness.metrics import ratio, roofline_percent, tflops
+from ..harness.suites import BASELINE
 
 CSV_FIELDS = (
     "case", "suite", "shape", "tokens", "hidden", "vocab", "seq_len", "dtype", "mode", "impl", "status",

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from .inputs import make_input_set, make_weight
-from .memory import measure_memory
-from .metrics import ratio
-from .peers import build
-from .suites import MODES, OpShape
-from .timing import time_once
+from ..harness.inputs import make_input_set, make_weight
+from ..harness.memory import measure_memory
+from ..harness.metrics import ratio
+from ..harness.suites import MODES, OpShape
+from ..harness.timing import time_once
+from ..peers import build
 
 
 def compare(impls: list[str], shape: OpShape, mode: str, rounds: int, device: str) -> dict[str, Any]:

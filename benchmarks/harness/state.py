@@ -13,9 +13,9 @@ import torch
 
 from fastgrpo import env
 
+from ..peers.base import Runner
 from .accuracy import measure_errors
 from .inputs import make_weight
-from .peers import Runner
 from .roofline import measure_matmul_tflops
 from .suites import OpShape, Suite
 

@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import torch
 
-from .grpo_math import grpo_loss_from_logps
-from .inputs import InputSet
+from ..harness.grpo_math import grpo_loss_from_logps
+from ..harness.inputs import InputSet
 
 
 class Unavailable(Exception):

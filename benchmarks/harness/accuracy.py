@@ -13,10 +13,10 @@ import torch
 from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
 
+from ..peers.base import Outputs, Runner
 from .grpo_math import grpo_loss_from_logps
 from .inputs import InputSet, make_input_set, make_weight
 from .metrics import max_abs_error
-from .peers import Outputs, Runner
 from .suites import OpShape
 
 

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..peers.base import Outputs
 from .metrics import peak_extra_bytes, peak_live_excluding
-from .peers import Outputs
 
 
 class MemoryReading(NamedTuple):

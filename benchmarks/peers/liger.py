@@ -12,9 +12,9 @@ import torch
 
 from fastgrpo import env
 
-from .grpo_math import SETTINGS
-from .inputs import InputSet
-from .peer_base import Outputs, Runner, Unavailable
+from ..harness.grpo_math import SETTINGS
+from ..harness.inputs import InputSet
+from .base import Outputs, Runner, Unavailable
 
 
 def _only_grpo(mode: str) -> None:

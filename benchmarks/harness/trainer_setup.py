@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .peer_eager import entropy_from_logits, selective_log_softmax
+from ..peers.eager import entropy_from_logits, selective_log_softmax
 from .suites import TrainerShape
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

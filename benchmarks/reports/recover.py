@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .environment import describe
+from ..harness.environment import describe
+from ..harness.roofline import measure_matmul_tflops
+from ..harness.suites import resolve_suite
 from .plots import write_plots
 from .report import derive, table_lines, write_results
-from .roofline import measure_matmul_tflops
-from .suites import resolve_suite
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .suites import IMPLS
+from ..harness.suites import IMPLS
 
 
 def _ms(row: dict[str, Any] | None) -> str:

@@ -15,13 +15,13 @@ import torch
 
 from fastgrpo import env
 
-from . import peers
-from .environment import describe
-from .plots import write_plots
-from .report import derive, notes_lines, table_lines, write_results
-from .state import BenchState, OpCase
-from .suites import IMPLS, SUITES, default_results_dir, resolve_suite
-from .trainer_setup import TRAINER_VARIANTS
+from .. import peers
+from ..harness.environment import describe
+from ..harness.state import BenchState, OpCase
+from ..harness.suites import IMPLS, SUITES, default_results_dir, resolve_suite
+from ..harness.trainer_setup import TRAINER_VARIANTS
+from ..reports.plots import write_plots
+from ..reports.report import derive, notes_lines, table_lines, write_results
 
 _STATE_KEY = pytest.StashKey[BenchState]()
 
@@ -47,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # FastGRPOTrainer's kernels: the chunked torch path on CPU, even where TRITON_INTERPRET=1 is set.
         os.environ.setdefault("FASTGRPO_BACKEND", "torch")
     if suite.device == "cuda" and "perf_counter" in str(config.getoption("benchmark_timer", "")):
-        config.option.benchmark_timer = f"{__package__}.timing.cuda_event_clock"
+        config.option.benchmark_timer = f"{__package__.rsplit('.', 1)[0]}.harness.timing.cuda_event_clock"
     state = BenchState(suite)
     state.partial_path = _out_dir(config, state) / "rows.partial.jsonl"
     state.partial_path.unlink(missing_ok=True)

@@ -1,13 +1,13 @@
 """fastgrpo: ``linear_logprobs`` (Triton on GPU, the chunked torch path on CPU) and, for the GRPO mode,
-``fused_linear_grpo_loss`` (issue 3). Until that lands the GRPO row is reported as skipped, with the reason."""
+``fused_linear_grpo_loss``."""
 
 from __future__ import annotations
 
 import torch
 
-from .grpo_math import SETTINGS
-from .inputs import InputSet
-from .peer_base import Outputs, Runner, Unavailable, logprob_runner, on_flat_tokens
+from ..harness.grpo_math import SETTINGS
+from ..harness.inputs import InputSet
+from .base import Outputs, Runner, logprob_runner, on_flat_tokens
 
 
 def backend_for(device: str) -> str:
@@ -31,10 +31,7 @@ def build(mode: str, device: str) -> Runner:
 
 
 def _grpo_runner(backend: str) -> Runner:
-    try:
-        from fastgrpo import fused_linear_grpo_loss
-    except (ImportError, AttributeError) as exc:
-        raise Unavailable(f"fastgrpo.fused_linear_grpo_loss not available yet (issue 3): {exc}") from exc
+    from fastgrpo import fused_linear_grpo_loss
 
     def run(s: InputSet) -> Outputs:
         out = fused_linear_grpo_loss(

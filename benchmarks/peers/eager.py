@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inputs import InputSet
-from .peer_base import Runner, logprob_runner
+from ..harness.inputs import InputSet
+from .base import Runner, logprob_runner
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from . import peers
-from .inputs import InputSet, make_input_set
-from .memory import measure_memory
-from .metrics import model_flops, timed_rounds
-from .state import BenchState, OpCase
-from .timing import time_once
+from .. import peers
+from ..harness.inputs import InputSet, make_input_set
+from ..harness.memory import measure_memory
+from ..harness.metrics import model_flops, timed_rounds
+from ..harness.state import BenchState, OpCase
+from ..harness.timing import time_once
 
 
 def _base_row(bench: BenchState, case: OpCase) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .suites import IMPLS
+from ..harness.suites import IMPLS
 
 FIGURES = {
     "median_ms": ("median time (ms)", True),

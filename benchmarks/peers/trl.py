@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .peer_base import Runner, Unavailable, logprob_runner, on_flat_tokens
+from .base import Runner, Unavailable, logprob_runner, on_flat_tokens
 
 TRL_CHUNK_SIZE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in trl 1.16
 

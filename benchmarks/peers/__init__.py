@@ -1,23 +1,23 @@
-"""The implementations the suite compares (``peer_*.py``), by name (``suites.IMPLS``)."""
+"""The implementations the suite compares (one module each in this package), by name (``harness.suites.IMPLS``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import peer_cce, peer_eager, peer_fastgrpo, peer_liger, peer_trl
-from .peer_base import Outputs, Runner, Unavailable
+from . import cce, eager, fastgrpo, liger, trl
+from .base import Outputs, Runner, Unavailable
 
 BUILDERS: dict[str, Callable[[str, str], Runner]] = {
-    "fastgrpo": peer_fastgrpo.build,
-    "trl_chunked": peer_trl.build,
-    "eager": peer_eager.build,
-    "liger_fused": peer_liger.build_fused,
-    "liger_triton": peer_liger.build_triton,
-    "cce": peer_cce.build,
+    "fastgrpo": fastgrpo.build,
+    "trl_chunked": trl.build,
+    "eager": eager.build,
+    "liger_fused": liger.build_fused,
+    "liger_triton": liger.build_triton,
+    "cce": cce.build,
 }
 # Implementations that exist only for the GRPO mode: no row at all in the op modes (not a skip).
 GRPO_ONLY = ("liger_fused", "liger_triton")
-NOTES = {"cce": peer_cce.NOTE}
+NOTES = {"cce": cce.NOTE}
 
 
 def applies(impl: str, mode: str) -> bool:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from .memory import measure_memory
-from .state import BenchState
-from .trainer_budget import longest_fitting_completion
-from .trainer_setup import StepRunner, synthetic_batch
+from ..harness.memory import measure_memory
+from ..harness.state import BenchState
+from ..harness.trainer_budget import longest_fitting_completion
+from ..harness.trainer_setup import StepRunner, synthetic_batch
 
 
 def _row(bench: BenchState, shape: Any, variant: str, mode: str) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .environment import describe
-from .suites import QWEN_HIDDEN, QWEN_VOCAB
+from fastgrpo_benchmarks.harness.environment import describe
+from fastgrpo_benchmarks.harness.suites import QWEN_HIDDEN, QWEN_VOCAB
 
 RTOL = {"fwd": 1e-4, "fwd_softmax_w": 1e-3, "bwd": 2e-2}  # against the default config (bf16 inputs)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .peer_base import Runner, Unavailable, logprob_runner, on_flat_tokens
+from .base import Runner, Unavailable, logprob_runner, on_flat_tokens
 
 NOTE = "no entropy (CCE cannot return it)"
 

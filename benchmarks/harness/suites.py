@@ -129,7 +129,7 @@ SUITES: dict[str, Suite] = {
         min_rounds=1,
         max_rounds=1,
     ),
-    # The full issue-5 comparison: 3 hidden sizes x N in {4096, 16384}, bf16, plus the trainer steps.
+    # The full comparison: 3 hidden sizes x N in {4096, 16384}, bf16, plus the trainer steps and the 24 GiB search.
     "gpu": Suite(
         name="gpu",
         device="cuda",
@@ -179,8 +179,10 @@ def resolve_suite(name: str | None, cuda_available: bool) -> Suite:
 
 
 def default_results_dir(suite: Suite) -> Path:
-    """``benchmarks/results/<suite>`` in a source checkout; ``./fastgrpo-bench-results/<suite>`` when installed."""
-    here = Path(__file__).resolve().parent
-    if (here.parent / "pyproject.toml").is_file():
-        return here / "results" / suite.name
+    """Where a run writes unless ``--out`` names a folder: ``benchmarks/results/local/<suite>`` in a source checkout
+    (git-ignored: the committed reference results under ``benchmarks/results/<device>-<date>/`` are written only when
+    ``--out`` names them), ``./fastgrpo-bench-results/<suite>`` elsewhere."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "benchmarks").is_dir():
+        return root / "benchmarks" / "results" / "local" / suite.name
     return Path.cwd() / "fastgrpo-bench-results" / suite.name
