@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (not on the device), from the repository root, before `gpu_run.sh` goes to the device tool.
+# Run HERE (not on the device), from the repository root, before `benchmarks/gpu/run.sh` goes to the device tool.
 # Downloads the pure-Python wheels the device image lacks (trl and its missing deps, the peers) into .whl/
 # (git-ignored), for Python 3.12 on x86-64. About 3 MB in all; the device tool carries them with carry=[".whl"].
 set -euo pipefail

@@ -63,9 +63,11 @@ class BenchState:
         """The run's matmul ceiling: measured before the first case; ``remeasure`` (at the end of the run) keeps the
         higher of the two readings, so a neighbour's load at the start of a shared machine does not set it."""
         if self._matmul_tflops is None:
-            self._matmul_tflops = measure_matmul_tflops(self.device, self.dtype)
+            self._matmul_tflops = measure_matmul_tflops(self.device, self.dtype, repeats=self.suite.matmul_repeats)
         elif remeasure:
-            self._matmul_tflops = max(self._matmul_tflops, measure_matmul_tflops(self.device, self.dtype))
+            self._matmul_tflops = max(
+                self._matmul_tflops, measure_matmul_tflops(self.device, self.dtype, repeats=self.suite.matmul_repeats)
+            )
         return self._matmul_tflops
 
     def weight(self, shape: OpShape) -> torch.Tensor:

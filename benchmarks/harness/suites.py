@@ -72,6 +72,8 @@ class Suite:
     target_seconds: float = 1.0
     # Input sets the timed rounds rotate through (GPU: so L2 does not hold one set's activations between rounds).
     rotating_buffers: int = 1
+    # Timed repetitions of the matmul ceiling (x4 on GPU; roofline.py): the lease's suites use fewer, same method.
+    matmul_repeats: int = 5
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -157,6 +159,39 @@ SUITES: dict[str, Suite] = {
         max_rounds=15,
         target_seconds=0.25,
         rotating_buffers=4,
+    ),
+    # The GPU lease's op and trainer stages (benchmarks/gpu/lease.py): the "gpu" grid with fewer rounds, the smaller
+    # N first (cases past the stage's budget are recorded as skipped), stock trl vs fastgrpo in the trainer step.
+    "lease": Suite(
+        name="lease",
+        device="cuda",
+        dtype="bfloat16",
+        shapes=tuple(sorted(_gpu_shapes((4096, 16384)), key=lambda s: s.tokens)),
+        accuracy_shape=OpShape("acc-n256-h512-v151936", 256, 512, seq_len=64),
+        trainer_shapes=_qwen_trainer_shapes(1024),
+        memory_budget_gib=24.0,
+        warmup_rounds=1,
+        min_rounds=3,
+        max_rounds=10,
+        target_seconds=0.1,
+        rotating_buffers=3,
+        matmul_repeats=2,
+    ),
+    # The lease's CPU dry run: the same stages at tiny sizes (fp32 on CPU, like the other CPU suites).
+    "lease-dry-run": Suite(
+        name="lease-dry-run",
+        device="cpu",
+        dtype="float32",
+        shapes=(OpShape("dry-n32-h32-v1024", 32, 32, vocab=1024, seq_len=16),),
+        accuracy_shape=OpShape("acc-n16-h16-v512", 16, 16, vocab=512, seq_len=8),
+        trainer_shapes=(
+            TrainerShape("dry-qwen2-a", 32, 64, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
+            TrainerShape("dry-qwen2-b", 48, 96, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
+        ),
+        warmup_rounds=0,
+        min_rounds=1,
+        max_rounds=1,
+        matmul_repeats=2,
     ),
 }
 

@@ -15,10 +15,11 @@ def backend_for(device: str) -> str:
     return "auto" if device == "cuda" else "torch"
 
 
-def build(mode: str, device: str) -> Runner:
+def build(mode: str, device: str, backend: str | None = None) -> Runner:
+    """``backend``: None = the suite's choice (``backend_for``); the lease's correctness stage asks for "triton"."""
     import fastgrpo
 
-    backend = backend_for(device)
+    backend = backend or backend_for(device)
     if mode == "grpo":
         return _grpo_runner(backend)
 
