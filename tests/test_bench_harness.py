@@ -276,3 +276,97 @@ def test_issue6_targets_from_results() -> None:
         and "not measured" in text
         and "| s | fwd | speed-up vs trl 1.16 | >= 1.25x | 1.25x | met |" in text
     )
+
+
+def test_readme_performance_section_is_generated_from_committed_results() -> None:
+    from fastgrpo_benchmarks.reports import readme
+
+    stale = "README's performance section is stale: run `python -m benchmarks.reports.readme --write`"
+    assert readme.current_section(REPO / "README.md") == readme.section(), stale
+    folders = [folder.name for folder, _ in readme.committed_results()]
+    assert folders and all(name not in readme.NOT_COMMITTED for name in folders)
+
+
+def _stage_record(stage: str, index: int, result: dict, status: str = "ok") -> dict:
+    from fastgrpo_benchmarks.gpu.schema import SCHEMA
+
+    triton = {"compile_s": 0.0, "compiles": 0, "cache_hits": 0, "cache_misses": 0, "cache_dir": "/tmp/c"}
+    return {"schema": SCHEMA, "stage": stage, "index": index, "status": status, "dry_run": False,
+            "started_utc": "2026-12-01T00:00:00Z", "wall_s": 1.0, "budget_s": 10.0, "triton": triton,
+            "result": result, "error": None}  # fmt: skip
+
+
+def _fake_lease(out: Path) -> None:
+    from fastgrpo_benchmarks.gpu.lease import STAGES, stage_path, write_record
+
+    rows = [_op_row("s", "fwd", "fastgrpo", 8.0, 10, roofline=80.0), _op_row("s", "fwd", "trl_chunked", 10.0, 100)]
+    rows[0]["speedup_vs_trl"], rows[1]["speedup_vs_trl"] = 1.25, 1.0
+    env = {"device_name": "H200", "device_type": "cuda", "date_utc": "2026-12-01T00:00:00Z", "versions": {}}
+    results = {
+        "provenance": {"device_name": "H200", "driver": "580", "clocks": {}, "versions": {"torch": "2.11"},
+                       "git_commit": "abc", "wheels": [], "triton_cache": {}, "date_utc": env["date_utc"]},
+        "correctness": {"checks": [], "passed": True},
+        "ops": {"suite": "lease", "matmul_tflops": 800.0, "rows": rows, "targets": [], "environment": env},
+        "trainer": {"suite": "lease", "rows": []},
+        "tune": {"entries": [], "log": []},
+    }  # fmt: skip
+    for index, stage in enumerate(STAGES, 1):
+        write_record(stage_path(out, index, stage), _stage_record(stage.name, index, results.get(stage.name, {})))
+
+
+def test_lease_files_schema_and_targets(tmp_path: Path) -> None:
+    """A lease's $OUT passes the schema check; a missing key, a bad status or a 9th file is reported; the targets
+    and the README generator read the lease's files."""
+    from fastgrpo_benchmarks.gpu.lease import STAGES
+    from fastgrpo_benchmarks.gpu.schema import check_dir
+    from fastgrpo_benchmarks.reports.readme import section_lines
+    from fastgrpo_benchmarks.reports.results_io import load_payload
+    from fastgrpo_benchmarks.reports.targets import report_lines
+
+    _fake_lease(tmp_path)
+    assert check_dir(tmp_path, STAGES, dry_run=False, require_ok=True) == []
+    assert check_dir(tmp_path, STAGES, dry_run=True)  # the files say dry_run: false
+    text = "\n".join(report_lines(load_payload(tmp_path)))
+    assert "Targets on H200" in text and "| s | fwd | speed-up vs trl 1.16 | >= 1.25x | 1.25x | met |" in text
+    assert load_payload(tmp_path / "03-ops.json")["matmul_tflops"] == 800.0
+    (tmp_path.parent / "results").mkdir()
+    (tmp_path.parent / "results" / "h200-2026-12-01").symlink_to(tmp_path)
+    lines = section_lines(tmp_path.parent / "results", tmp_path.parent)
+    assert "**H200**, 2026-12-01, GPU: `results/h200-2026-12-01/`" in lines
+    assert not any("No GPU result" in line for line in lines)
+
+    ops = tmp_path / "03-ops.json"
+    record = json.loads(ops.read_text())
+    del record["result"]["rows"]
+    ops.write_text(json.dumps(record))
+    assert any("03-ops: result.rows missing" in p for p in check_dir(tmp_path, STAGES))
+    ops.write_text(json.dumps({**record, "status": "done"}))
+    assert any("03-ops: status 'done'" in p for p in check_dir(tmp_path, STAGES))
+    for i in range(4):
+        (tmp_path / f"extra{i}.txt").write_text("x")
+    assert any("9 files" in p for p in check_dir(tmp_path, STAGES))
+
+
+def test_lease_stage_stopped_by_its_budget_keeps_its_partial_result(tmp_path: Path) -> None:
+    """A stage killed mid-way: its last flushed result stays, the salvage adds the rows the suite had finished, and
+    the file says 'timeout' and still passes the schema."""
+    from fastgrpo_benchmarks.gpu.lease import STAGES, StageContext, _close_unfinished, stage_path, write_record
+    from fastgrpo_benchmarks.gpu.schema import check_record
+
+    stage = next(s for s in STAGES if s.name == "ops")
+    index = STAGES.index(stage) + 1
+    work = tmp_path / "work" / "ops"
+    (work / "results").mkdir(parents=True)
+    row = {**_row("fastgrpo", "fwd", 0.002, 2 * 2**20), "suite": "lease"}
+    (work / "results" / "rows.partial.jsonl").write_text(json.dumps(row) + "\n")
+    ctx = StageContext(stage, index, tmp_path, work, dry_run=False, budget_s=5.0)
+    ctx.flush({"suite": "lease", "matmul_tflops": 0.2, "rows": [], "targets": []})
+    assert json.loads(stage_path(tmp_path, index, stage).read_text())["status"] == "running"
+    _close_unfinished(stage_path(tmp_path, index, stage), stage, index, tmp_path, work.parent, False, 5.0, 5.2, True)
+    record = json.loads(stage_path(tmp_path, index, stage).read_text())
+    assert record["status"] == "timeout" and "5 s budget" in record["error"] and record["wall_s"] == 5.2
+    (got,) = record["result"]["rows"]
+    assert got["impl"] == "fastgrpo" and got["roofline_pct"] == pytest.approx(50.0)  # derived with the 0.2 ceiling
+    assert check_record(record, stage.result_keys, dry_run=False) == []
+    write_record(stage_path(tmp_path, index, stage), {**record, "status": "running"})
+    assert check_record(json.loads(stage_path(tmp_path, index, stage).read_text()), stage.result_keys)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compile_timer import CompileTimer
 from .schema import SCHEMA, check_dir
 
 # Under 8 minutes in all on an H100/H200 (the device tool allows 10 per command, the machine's start not counted).
@@ -121,7 +122,7 @@ class StageContext:
             "started_utc": self.started_utc,
             "wall_s": round(time.monotonic() - self.started, 2),
             "budget_s": self.budget_s,
-            "triton": self.timer.summary() if self.timer is not None else {},
+            "triton": (self.timer or CompileTimer()).summary(),  # zeros until the stage's process installs one
             "result": _clean(result),
             "error": error,
         }
@@ -133,8 +134,6 @@ class StageContext:
 
 def run_stage_here(ctx: StageContext) -> int:
     """Inside the stage's own process: time Triton's compiles, run the stage, write its file."""
-    from .compile_timer import CompileTimer
-
     ctx.timer = CompileTimer().install()
     ctx.flush({})
     try:
@@ -214,7 +213,7 @@ def _close_unfinished(path: Path, stage: Stage, index: int, out: Path, work: Pat
                       wall: float, timed_out: bool) -> None:  # fmt: skip
     """A stage that was killed (or died) keeps its last flushed result, salvaged where it has a salvage function."""
     record = _read(path)
-    ctx = StageContext(stage, index, out, work, dry_run, budget)
+    ctx = StageContext(stage, index, out, work / stage.name, dry_run, budget)
     result = record.get("result") or {}
     if stage.salvage is not None:
         try:
@@ -225,7 +224,7 @@ def _close_unfinished(path: Path, stage: Stage, index: int, out: Path, work: Pat
     error = f"stopped by its {budget:.0f} s budget" if timed_out else "the stage's process ended without a result"
     new = ctx.record(status, result, error)
     new.update(started_utc=record.get("started_utc", new["started_utc"]), wall_s=round(wall, 2))
-    new["triton"] = record.get("triton", {})
+    new["triton"] = record.get("triton") or new["triton"]
     write_record(path, new)
 
 

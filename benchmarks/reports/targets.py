@@ -1,6 +1,6 @@
-"""Issue 6's performance targets, checked against a run's results.json: each target, the measured figure, met or not.
+"""The project's performance targets, checked against measured results: each target, the figure, met or not.
 
-    python -m benchmarks.targets benchmarks/results/gpu/results.json
+    python -m benchmarks.targets RESULTS   # a results.json, a results folder, or a GPU lease's $OUT / stage file
 
 Per (shape, mode) of the op-level cases:
 
@@ -19,10 +19,11 @@ it runs), extra device memory <= 25% of trl's. A target whose rows are missing o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from .results_io import load_payload
 
 SPEEDUP = {"fwd": 1.25, "fwd_bwd": 1.2, "fwd_bwd_frozen": 1.6, "grpo": 1.2}
 ROOFLINE = {"fwd": 75.0, "fwd_bwd": 70.0, "fwd_bwd_frozen": 70.0}
@@ -100,7 +101,8 @@ def report_lines(payload: dict[str, Any]) -> list[str]:
     met = sum(r["met"] for r in records)
     unmeasured = sum(r["got"] is None for r in records)
     lines = [
-        f"Issue 6 targets on {env.get('device_name')} ({env.get('date_utc')}, commit {env.get('git_commit')}): "
+        ("CPU DRY RUN, not measurements. " if env.get("dry_run") else "")
+        + f"Targets on {env.get('device_name')} ({env.get('date_utc')}, commit {env.get('git_commit')}): "
         f"{met} of {len(records)} met, {len(records) - met - unmeasured} missed, {unmeasured} not measured.",
         "",
         "| shape | mode | target | want | measured | status |",
@@ -111,9 +113,9 @@ def report_lines(payload: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="results.json of a run")
+    parser.add_argument("results", type=Path, help="results.json, a results folder, or a GPU lease's $OUT (or file)")
     args = parser.parse_args(argv)
-    print("\n".join(report_lines(json.loads(args.results.read_text()))))
+    print("\n".join(report_lines(load_payload(args.results))))
     return 0
 
 
