@@ -238,7 +238,7 @@ def _op_row(shape, mode, impl, ms, peak_mib, roofline=None, status="ok"):
     return row
 
 
-def test_issue6_targets_from_results() -> None:
+def test_targets_from_results() -> None:
     """Each target's figure comes from the rows; missing or failed rows are 'not measured', never 'met'."""
     from fastgrpo_benchmarks.reports.targets import evaluate, report_lines
 
@@ -370,3 +370,29 @@ def test_lease_stage_stopped_by_its_budget_keeps_its_partial_result(tmp_path: Pa
     assert check_record(record, stage.result_keys, dry_run=False) == []
     write_record(stage_path(tmp_path, index, stage), {**record, "status": "running"})
     assert check_record(json.loads(stage_path(tmp_path, index, stage).read_text()), stage.result_keys)
+
+
+def test_compile_timer_counts_time_hits_and_misses(tmp_path: Path, monkeypatch) -> None:
+    """The lease's per-stage Triton compile figures: a compile that adds a cache entry is a miss, one that adds
+    none is a hit (served from a carried cache); the wall time of every call is summed."""
+    import time
+
+    triton_compiler = pytest.importorskip("triton.compiler")
+    from fastgrpo_benchmarks.gpu.compile_timer import CompileTimer
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+
+    def fake_compile(src, target=None, options=None):
+        time.sleep(0.01)
+        (tmp_path / src).mkdir(exist_ok=True)  # Triton writes one folder per compiled kernel
+        return f"kernel {src}"
+
+    monkeypatch.setattr(triton_compiler, "compile", fake_compile)
+    timer = CompileTimer().install()
+    assert triton_compiler.compile is not fake_compile
+    assert triton_compiler.compile("a") == "kernel a"
+    triton_compiler.compile("b")
+    triton_compiler.compile("a")  # already in the cache
+    s = timer.summary()
+    assert (s["compiles"], s["cache_misses"], s["cache_hits"]) == (3, 2, 1)
+    assert s["compile_s"] >= 0.03 and s["cache_dir"] == str(tmp_path)

@@ -8,7 +8,7 @@ instant, so a temporary peak before the gradients exist is not hidden by subtrac
 
 Why not something else on CPU: torch has no CPU allocator counters, tracemalloc does not see torch's allocations, and
 peak RSS is blurred by glibc's retained pages (and a fresh process per case costs seconds of imports). On GPU the
-CUDA caching allocator's counters give the issue's formula directly, ``max_memory_allocated - baseline - retained``;
+CUDA caching allocator's counters give the targets' formula directly, ``max_memory_allocated - baseline - retained``;
 it is recorded next to the event-based figure as ``peak_extra_counter_bytes`` (it can only be lower or equal: it
 subtracts the gradients from the peak even when the peak came before they were allocated).
 """
@@ -26,7 +26,7 @@ from .metrics import peak_extra_bytes, peak_live_excluding
 
 class MemoryReading(NamedTuple):
     peak_extra_bytes: int  # event-based (both devices)
-    counter_bytes: int | None  # GPU allocator counters, the issue's formula (None on CPU)
+    counter_bytes: int | None  # GPU allocator counters, the targets' formula (None on CPU)
 
 
 def allocation_events(prof: torch.profiler.profile, device_type: str) -> list[tuple[int, int]]:

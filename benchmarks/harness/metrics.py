@@ -1,6 +1,6 @@
 """The suite's arithmetic, kept free of torch so tests can check it from known inputs.
 
-FLOP counts are those the project's targets are stated in (issues 2 and 6), identical for every implementation of a
+FLOP counts are those the project's performance targets are stated in, identical for every implementation of a
 mode so TFLOP/s compares implementations on the same numerator: the GEMM work a logits-free implementation must do.
 Forward: one GEMM, ``2 N H V``. A trainable head: forward, recompute (the logits cannot be kept), dX and dW,
 ``8 N H V``. A frozen head: ``4 N H V`` (forward plus the dX product, which fastgrpo folds into its forward). The

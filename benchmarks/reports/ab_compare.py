@@ -1,6 +1,6 @@
 """Interleaved A/B timing of two implementations at one shape: steadier ratios on a shared, noisy machine.
 
-    python -m benchmarks.ab_compare --impl fastgrpo --impl trl_chunked --tokens 512 --hidden 896 --rounds 7
+    python -m benchmarks.reports.ab_compare --impl fastgrpo --impl trl_chunked --tokens 512 --hidden 896 --rounds 7
 
 The suite times each case in its own block, so a neighbour's load that comes and goes between two blocks moves their
 ratio. Here the calls alternate (A B A B ...) on the same inputs, after one warm-up call each, so both see the same

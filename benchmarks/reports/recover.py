@@ -1,6 +1,6 @@
 """Write the results of a run that was stopped before its end (e.g. by a wall-clock limit) from the rows it left.
 
-    python -m benchmarks.recover DIR [--suite gpu]
+    python -m benchmarks.reports.recover DIR [--suite gpu]
 
 Reads ``DIR/rows.partial.jsonl`` (one row per finished case), re-measures the matmul ceiling on this device, and
 writes results.json / results.csv / table.md and the figures as a complete run would.

@@ -1,6 +1,6 @@
 """The README's performance section, generated from a run's results.json: a compact table and the figure to embed.
 
-    python -m benchmarks.summary benchmarks/results/gpu/results.json > /tmp/perf.md
+    python -m benchmarks.reports.summary RESULTS   (results.json, a results folder, or a GPU lease's $OUT)
 
 One line per (shape, mode): each implementation's median time, and fastgrpo's speed-up and memory ratio against
 trl 1.16's chunked head; then the trainer steps. Device, driver, versions and date head the section.
@@ -9,13 +9,13 @@ trl 1.16's chunked head; then the trainer steps. Device, driver, versions and da
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..harness.suites import IMPLS
+from .results_io import load_payload
 
 
 def _ms(row: dict[str, Any] | None) -> str:
@@ -36,7 +36,8 @@ def summary_lines(payload: dict[str, Any], figure: str | None = None) -> list[st
     by = {(r["case"], r["shape"], r["mode"], r["impl"]): r for r in rows}
     impls = [i for i in IMPLS if any(r["impl"] == i and r["case"] == "op" for r in rows)]
     lines = [
-        f"Measured on {env.get('device_name')} (driver {env.get('driver')}), {env.get('date_utc')}, "
+        ("CPU DRY RUN, not measurements. " if env.get("dry_run") else "")
+        + f"Measured on {env.get('device_name')} (driver {env.get('driver')}), {env.get('date_utc')}, "
         f"{env.get('matmul_dtype', '')}; "
         + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v != "not installed")
         + f". Matmul ceiling measured in the same run: {payload['matmul_tflops']:.4g} TFLOP/s.",
@@ -70,10 +71,10 @@ def summary_lines(payload: dict[str, Any], figure: str | None = None) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("results", type=Path, help="results.json of a run")
+    parser.add_argument("results", type=Path, help="results.json, a results folder, or a GPU lease's $OUT")
     parser.add_argument("--figure", default=None, help="path of the PNG to embed (e.g. the speed-up figure)")
     args = parser.parse_args(argv)
-    payload = json.loads(args.results.read_text())
+    payload = load_payload(args.results)
     print("\n".join(summary_lines(payload, args.figure)))
     return 0
 
