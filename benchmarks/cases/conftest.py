@@ -1,6 +1,6 @@
 """pytest plumbing of the benchmark suite: options, the suite's cases, the shared state, and the report at the end.
 
-``pytest benchmarks/ --benchmark-only [--bench-suite NAME] [--bench-out DIR]`` and ``python -m benchmarks`` run the
+``pytest benchmarks/cases --benchmark-only [--bench-suite NAME] [--bench-out DIR]`` and ``python -m benchmarks`` run the
 same cases and write the same files.
 """
 
@@ -29,7 +29,7 @@ _STATE_KEY = pytest.StashKey[BenchState]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fastgrpo-bench", "fastgrpo benchmark suite")
     group.addoption("--bench-suite", default=None, help=f"suite: auto (device's default), {', '.join(SUITES)}")
-    group.addoption("--bench-out", default=None, help="results folder (default: benchmarks/results/<suite>)")
+    group.addoption("--bench-out", default=None, help="results folder (default: benchmarks/results/local/<suite>)")
     group.addoption("--bench-impl", action="append", default=None, help=f"only these implementations: {IMPLS}")
     group.addoption("--bench-no-plots", action="store_true", help="skip the PNG figures")
 
@@ -76,7 +76,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def bench(request: pytest.FixtureRequest) -> BenchState:
     config = request.config
     if config.getoption("benchmark_disable", False) and not config.getoption("benchmark_enable", False):
-        pytest.skip("benchmarks are disabled (pyproject's addopts): run `pytest benchmarks/ --benchmark-only`")
+        pytest.skip("benchmarks are disabled (pyproject's addopts): run `pytest benchmarks/cases --benchmark-only`")
     return config.stash[_STATE_KEY]
 
 

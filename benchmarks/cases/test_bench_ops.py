@@ -1,6 +1,6 @@
 """Op-level cases: every (shape, mode, implementation) of the suite, timed with pytest-benchmark.
 
-Run through ``python -m benchmarks`` or ``pytest benchmarks/ --benchmark-only`` (the suite comes from
+Run through ``python -m benchmarks`` or ``pytest benchmarks/cases --benchmark-only`` (the suite comes from
 ``--bench-suite`` / $FASTGRPO_BENCH_SUITE, default: the device's). A peer that is missing or fails is recorded as
 skipped with the reason; a fastgrpo failure fails the test.
 """
