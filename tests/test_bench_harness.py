@@ -396,3 +396,25 @@ def test_compile_timer_counts_time_hits_and_misses(tmp_path: Path, monkeypatch) 
     s = timer.summary()
     assert (s["compiles"], s["cache_misses"], s["cache_hits"]) == (3, 2, 1)
     assert s["compile_s"] >= 0.03 and s["cache_dir"] == str(tmp_path)
+
+
+def test_lease_stage_that_raises_says_error_and_keeps_what_it_finished(tmp_path: Path, monkeypatch) -> None:
+    from fastgrpo_benchmarks.gpu import lease
+    from fastgrpo_benchmarks.gpu.schema import check_record
+
+    triton_compiler = pytest.importorskip("triton.compiler")
+    monkeypatch.setattr(triton_compiler, "compile", triton_compiler.compile)  # the stage's timer wraps it: undo after
+
+    def broken(ctx):
+        ctx.flush({"entries": [{"kind": "fwd"}]})
+        raise RuntimeError("candidate 3 differs")
+
+    funcs = {"x:run": broken, "x:salvage": lambda ctx, partial: {**partial, "log": ["salvaged"]}}
+    monkeypatch.setattr(lease, "_resolve", funcs.__getitem__)
+    stage = lease.Stage("tune", 1, 1, "x:run", ("entries", "log"), salvage="x:salvage")
+    ctx = lease.StageContext(stage, 5, tmp_path, tmp_path / "work", dry_run=True, budget_s=1.0)
+    assert lease.run_stage_here(ctx) == 1
+    record = json.loads((tmp_path / "05-tune.json").read_text())
+    assert record["status"] == "error" and "candidate 3 differs" in record["error"]
+    assert record["result"] == {"entries": [{"kind": "fwd"}], "log": ["salvaged"]}
+    assert check_record(record, stage.result_keys, dry_run=True) == []

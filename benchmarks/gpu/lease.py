@@ -144,13 +144,15 @@ def run_stage_here(ctx: StageContext) -> int:
 
         traceback.print_exc()
         partial = _read(ctx.path).get("result", {})
+        if ctx.stage.salvage is not None:  # what the stage finished before it broke
+            try:
+                partial = _resolve(ctx.stage.salvage)(ctx, partial)
+            except Exception as salvage_exc:
+                partial = {**partial, "salvage_error": f"{type(salvage_exc).__name__}: {salvage_exc}"}
         write_record(ctx.path, ctx.record("error", partial, f"{type(exc).__name__}: {exc}"[:2000]))
         return 1
     status = "failed" if result.get("passed") is False else "ok"
     write_record(ctx.path, ctx.record(status, result))
-    t = ctx.timer.summary()
-    print(f"[lease] stage {ctx.stage.name}: {status}, Triton compile {t['compile_s']:.1f} s in {t['compiles']} "
-          f"compiles ({t['cache_hits']} disk-cache hits)", flush=True)  # fmt: skip
     return 0
 
 
@@ -200,8 +202,11 @@ def run_lease(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None =
         wall = time.monotonic() - began
         if rc is None or not path.is_file() or _read(path).get("status") == "running":
             _close_unfinished(path, stage, index, out, work, dry_run, budget, wall, timed_out=rc is None)
-        status = _read(path).get("status")
-        print(f"[lease] stage {index} {stage.name}: {status} in {wall:.0f} s", flush=True)
+        record = _read(path)
+        tri = record.get("triton", {})
+        print(f"[lease] stage {index} {stage.name}: {record.get('status')} in {wall:.0f} s; Triton compile "
+              f"{tri.get('compile_s', 0.0):.1f} s in {tri.get('compiles', 0)} compiles "
+              f"({tri.get('cache_hits', 0)} from the disk cache)", flush=True)  # fmt: skip
     _summarise_cache(out, stages)
     problems = check_dir(out, stages, dry_run=dry_run)
     print(f"[lease] done in {time.monotonic() - start:.0f} s; files: {sorted(p.name for p in out.iterdir())}")

@@ -65,7 +65,9 @@ case "$WHAT" in
       "${wheels_json:-[]}" "$WHEELS" "$SITE" "$([ "$CARRIED" = 1 ] && echo true || echo false)" > "$WORK/setup.json"
     args=(--out "$OUT" --work "$WORK")
     [ "$DRY" = 1 ] && args+=(--dry-run)
-    timeout 570 python3 -m fastgrpo_benchmarks.gpu.lease "${args[@]}" "${PASS[@]}" 2>&1 | tee "$OUT/lease.log"
+    limit=570  # the device tool's 10 minutes, less the setup; the CPU dry run's stage budgets add up to more
+    [ "$DRY" = 1 ] && limit=900
+    timeout "$limit" python3 -m fastgrpo_benchmarks.gpu.lease "${args[@]}" "${PASS[@]}" 2>&1 | tee "$OUT/lease.log"
     rc=${PIPESTATUS[0]}
     if [ "$SAVE_CACHE" = 1 ]; then tar czf "$OUT/triton-cache.tgz" -C "$TRITON_CACHE_DIR" .; fi
     ;;
