@@ -50,12 +50,13 @@ STAGES: list[Stage] = [
         60,
         "stages:provenance",
         ("device_name", "driver", "clocks", "versions", "git_commit", "wheels", "triton_cache"),
-    ),  # fmt: skip
+    ),
     Stage("correctness", 75, 150, "correctness:run", ("checks", "passed")),
     Stage("ops", 185, 150, "stages:ops", ("suite", "matmul_tflops", "rows", "targets"), salvage="stages:salvage_rows"),
     Stage("trainer", 110, 150, "stages:trainer", ("suite", "rows"), salvage="stages:salvage_rows"),
     Stage("tune", 30, 150, "stages:tune", ("entries", "log"), salvage="stages:salvage_tune", fill=True),
-    # Other work that needs a GPU check adds a Stage here (2 file slots are left).
+    # Other work that needs a GPU check adds a Stage before the fill stage (tune), which takes the time left; 2 of the
+    # device tool's 8 file slots are free.
 ]
 
 
@@ -202,6 +203,8 @@ def run_lease(out: Path, work: Path, dry_run: bool, stages: list[Stage] | None =
         wall = time.monotonic() - began
         if rc is None or not path.is_file() or _read(path).get("status") == "running":
             _close_unfinished(path, stage, index, out, work, dry_run, budget, wall, timed_out=rc is None)
+        for stray in out.glob("*.tmp"):  # a write cut short by the kill: not a result, and it would take a file slot
+            stray.unlink()
         record = _read(path)
         tri = record.get("triton", {})
         print(f"[lease] stage {index} {stage.name}: {record.get('status')} in {wall:.0f} s; Triton compile "
