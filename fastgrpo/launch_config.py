@@ -5,7 +5,7 @@ frozen-head route, for every kernel family (``fwd``, ``fwd_softmax_w``, ``bwd``,
 
 1. the interpreter's config under ``TRITON_INTERPRET=1`` (small blocks, so tiny test shapes span several); else
 2. the nearest entry (hidden size first, then N) of the tuned table for the device's architecture family
-   (``fastgrpo_kernels/tuned/<family>.json``, written on a GPU by ``python -m benchmarks.tune``); else
+   (``fastgrpo_kernels/tuned/<family>.json``, written on a GPU by ``python tools/tune.py``); else
 3. the built-in default for (architecture family, kernel family, precision) in ``fastgrpo_kernels.arch_configs``;
 4. the opt-in autotuner's choice for the shape class, when autotuning is on (``fastgrpo.tuning``);
 5. ``override(...)`` fields (tests force several vocabulary splits and small workspaces; tuning scripts try

@@ -1,4 +1,5 @@
-"""The wheel installs the kernels as ``fastgrpo_kernels`` and nothing as a top-level ``kernels``."""
+"""The wheel installs the kernels as ``fastgrpo_kernels`` and nothing as a top-level ``kernels``; it ships no test
+files, and pytest-benchmark is needed only by the ``bench`` / ``test`` extras."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ def test_import_names():
     assert out.strip() == "[]", out
 
 
+def test_pytest_benchmark_is_not_a_base_requirement():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith(("pytest", "matplotlib"))], project["dependencies"]
+    assert any(d.startswith("pytest-benchmark") for d in project["optional-dependencies"]["bench"])
+
+
 @pytest.mark.slow
 def test_wheel_layout(tmp_path):
     proc = subprocess.run(
@@ -39,6 +47,21 @@ def test_wheel_layout(tmp_path):
     assert "kernels" not in tops and "benchmarks" not in tops
     assert "fastgrpo_kernels/linear_logprobs_fwd.py" in names
     assert "fastgrpo_kernels/linear_logprobs_bwd.py" in names
+    # No test files: the benchmark CLI ships, its pytest-benchmark cases (benchmarks/cases/) and results do not.
+    base = [n.rsplit("/", 1)[-1] for n in names]
+    tests = [n for n, b in zip(names, base) if b.startswith("test_") or b == "conftest.py" or "/cases/" in n]
+    assert not tests, tests
+    assert "fastgrpo_benchmarks/__main__.py" in names and "fastgrpo_benchmarks/gpu/run.sh" in names
+    assert not [n for n in names if "/results/" in n]
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [
+        line
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    base_requires = [line for line in requires if "extra ==" not in line]
+    assert base_requires and not [line for line in base_requires if "pytest" in line], base_requires
+    assert any("pytest-benchmark" in line and 'extra == "bench"' in line for line in requires), requires
     # Installed from the wheel (not the source tree), the package and its kernels import and run.
     target = tmp_path / "site"
     subprocess.run(

@@ -1,0 +1,34 @@
+"""The implementations the suite compares (one module each in this package), by name (``harness.suites.IMPLS``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import cce, eager, fastgrpo, liger, trl
+from .base import Outputs, Runner, Unavailable
+
+BUILDERS: dict[str, Callable[[str, str], Runner]] = {
+    "fastgrpo": fastgrpo.build,
+    "trl_chunked": trl.build,
+    "eager": eager.build,
+    "liger_fused": liger.build_fused,
+    "liger_triton": liger.build_triton,
+    "cce": cce.build,
+}
+# Implementations that exist only for the GRPO mode: no row at all in the op modes (not a skip).
+GRPO_ONLY = ("liger_fused", "liger_triton")
+NOTES = {"cce": cce.NOTE}
+
+
+def applies(impl: str, mode: str) -> bool:
+    return mode == "grpo" or impl not in GRPO_ONLY
+
+
+def build(impl: str, mode: str, device: str) -> Runner:
+    """The runner of ``impl`` in ``mode`` on ``device``; raises Unavailable with the reason it cannot run."""
+    if impl not in BUILDERS:
+        raise Unavailable(f"unknown implementation {impl!r}")
+    return BUILDERS[impl](mode, device)
+
+
+__all__ = ["BUILDERS", "GRPO_ONLY", "NOTES", "Outputs", "Runner", "Unavailable", "applies", "build"]
