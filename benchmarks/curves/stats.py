@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import tdist
+
 WINDOW_FRACTION = 0.2
 FAMILY_ALPHA = 0.01
 LEARN_CONFIDENCE = 0.99
@@ -70,20 +72,16 @@ class ParityResult:
 
 
 def learn_check(trainer: str, runs: list[Any]) -> LearnResult:
-    from scipy import stats
-
     first = [window_mean(r.logs, "reward", "first") for r in runs]
     final = [window_mean(r.logs, "reward", "last") for r in runs]
     gains = [b - a for a, b in zip(first, final)]
     mean_gain, sd = _mean_sd(gains)
     n = len(gains)
-    margin = float(stats.t.ppf(LEARN_CONFIDENCE, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
+    margin = tdist.ppf(LEARN_CONFIDENCE, n - 1) * sd / math.sqrt(n) if n > 1 else math.inf
     return LearnResult(trainer, _mean_sd(first)[0], _mean_sd(final)[0], mean_gain, margin, mean_gain > margin)
 
 
 def parity_check(trl_runs: list[Any], fast_runs: list[Any]) -> list[ParityResult]:
-    from scipy import stats
-
     present = [
         m
         for m in PARITY_METRICS
@@ -95,9 +93,8 @@ def parity_check(trl_runs: list[Any], fast_runs: list[Any]) -> list[ParityResult
         a = [window_mean(r.logs, metric, "last") for r in trl_runs]
         b = [window_mean(r.logs, metric, "last") for r in fast_runs]
         (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
-        if sa == 0 and sb == 0:  # constant in both: compatible only if equal
-            p = 1.0 if ma == mb else 0.0
-        else:
-            p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+        # Constant in both (e.g. a metric pinned at 0): compatible only if equal; Welch's t is undefined there.
+        both_constant = sa == 0 and sb == 0
+        p = (1.0 if ma == mb else 0.0) if both_constant else tdist.welch(a, b)[1]
         out.append(ParityResult(metric, ma, mb, mb - ma, p, alpha, p >= alpha))
     return out

@@ -1,11 +1,11 @@
 """The curves task: a tiny Qwen2 model learns to count, built in-process (no hub access).
 
-Vocabulary: the digits 0-9, a few filler words, and the pad / eos specials (a word-level tokenizer trained on
-nothing, built from a fixed vocabulary). A prompt is a short run of consecutive digits ("3 4 5"); the reward is the
-fraction of the completion's first ``COUNT_LEN`` tokens that continue the count (each token is the previous one
-plus one, mod 10, the first one the prompt's last digit plus one; a non-digit breaks the chain). A random policy scores about 1/len(vocab) per token; the
-rule is a bigram (token -> next token), so a one-layer model learns it within a few hundred GRPO steps on a CPU.
-The reward reads the completion ids, never the decoded text.
+Vocabulary: the digits 0-9, a few filler words, and the pad / eos specials (a word-level tokenizer built from a
+fixed vocabulary). A prompt is a short run of consecutive digits ("3 4 5"); the reward is the fraction of the
+completion's first ``COUNT_LEN`` tokens that continue the count (each token is the previous one plus one, mod 10,
+the first one the prompt's last digit plus one; a non-digit breaks the chain). A random policy scores about
+1/len(VOCAB) per token; the rule is a bigram (token -> next token), so a one-layer model learns it within a few
+hundred GRPO steps on a CPU. The reward reads the completion ids, never the decoded text.
 """
 
 from __future__ import annotations
