@@ -48,6 +48,8 @@ def build_pytest_args(argv: list[str] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if {"curves", "--suite=curves"} & {*(sys.argv[1:] if argv is None else argv)}:  # training curves (curves/)
+        return __import__(f"{__package__}.curves.__main__", fromlist=["main"]).main(argv)
     import pytest
 
     try:

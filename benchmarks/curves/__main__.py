@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="fastgrpo-curves-work-"))
     import fastgrpo
 
+    if args.mutant:
+        mutants.check_imported_copy()
     print(f"curves: mode={mode.name} configs={names} seeds={seeds} steps={steps} out={out}", flush=True)
     print(f"curves: fastgrpo from {Path(fastgrpo.__file__).parent}", flush=True)
     start = time.perf_counter()
@@ -81,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         plots_ok = False
         print(f"curves: no plots ({exc})", file=sys.stderr)
     ok = True
-    for name in mode.checked:
-        if name not in by_config:
-            continue
+    checked = [name for name in mode.checked if name in by_config] if len(seeds) >= 2 else []
+    if len(seeds) < 2:
+        print("curves: parity check SKIPPED: it needs at least 2 seeds per trainer", flush=True)
+    for name in checked:
         group = by_config[name]
         learn = [stats.learn_check(t, [r for r in group if r.trainer == t]) for t in runs.TRAINERS]
         parity = stats.parity_check(
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date,
         "mutant": args.mutant,
         "plots": plots_ok,
+        "checked": checked,
         "ok": ok,
         "versions": _versions(),
     }

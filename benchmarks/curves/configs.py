@@ -9,7 +9,9 @@ from .runs import RunConfig
 CONFIGS = {
     "dapo": RunConfig("dapo"),  # trl's defaults: loss_type="dapo", beta=0
     "dapo-beta0.1": RunConfig("dapo-beta0.1", {"beta": 0.1}),  # + k3 KL to the reference model
-    "lora": RunConfig("lora", {"learning_rate": 3e-2}, lora=True),  # dapo, beta=0, LoRA r=8 (peft)
+    # dapo, beta=0, LoRA r=8 on every linear layer but the (frozen) lm_head. The head is initialised at std 0.2, not
+    # 0.02: behind the final RMSNorm a frozen 0.02 head caps the logits near 0.1 and no adapter can move the policy.
+    "lora": RunConfig("lora", lora=True, model={"initializer_range": 0.2}),
 }
 
 

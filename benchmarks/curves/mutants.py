@@ -15,7 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ACTIVE_ENV = "FASTGRPO_CURVES_MUTANT"  # set in the re-run, so it does not copy again (not a fastgrpo setting)
+# Set in the re-run (so it does not copy again) and read only here: internal, not user settings.
+ACTIVE_ENV = "BENCH_CURVES_MUTANT"
+COPY_ENV = "BENCH_CURVES_MUTANT_COPY"
 
 # name -> [(file under fastgrpo/grpo, old text, new text, expected count)]
 MUTANTS: dict[str, list[tuple[str, str, str, int]]] = {
@@ -63,9 +65,22 @@ def make_scratch_copy(name: str, dest: Path) -> Path:
 def rerun_in_scratch_copy(name: str, argv: list[str]) -> int:
     """Run ``python -m benchmarks.curves argv`` with the mutated copy first on the import path."""
     dest = make_scratch_copy(name, Path(tempfile.mkdtemp(prefix=f"fastgrpo-mutant-{name}-")))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [env.get("PYTHONPATH")])])
-    env[ACTIVE_ENV] = name
-    print(f"curves: mutant {name}: scratch copy {dest / 'fastgrpo'}", flush=True)
+    # The copy goes first on the path, and the run starts in it: `python -m` puts the working directory before
+    # PYTHONPATH, and the repository root holds the real fastgrpo.
     root = Path(__file__).resolve().parents[2]
-    return subprocess.call([sys.executable, "-m", "benchmarks.curves", *argv], env=env, cwd=str(root))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [env.get("PYTHONPATH")]), str(root)])
+    env[ACTIVE_ENV] = name
+    env[COPY_ENV] = str(dest / "fastgrpo")
+    print(f"curves: mutant {name}: scratch copy {dest / 'fastgrpo'}", flush=True)
+    return subprocess.call([sys.executable, "-m", f"{__package__}", *argv], env=env, cwd=str(dest))
+
+
+def check_imported_copy() -> None:
+    """In the re-run: fail unless ``fastgrpo`` was imported from the scratch copy (else the mutant tests nothing)."""
+    import fastgrpo
+
+    expected = Path(os.environ[COPY_ENV]).resolve()
+    actual = Path(fastgrpo.__file__).resolve().parent
+    if actual != expected:
+        raise RuntimeError(f"mutant run imported fastgrpo from {actual}, not from the scratch copy {expected}")

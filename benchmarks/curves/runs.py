@@ -21,6 +21,7 @@ class RunConfig:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     lora: bool = False
+    model: dict[str, Any] = field(default_factory=dict)  # task.build_model keyword arguments (Qwen2Config fields)
 
 
 # Shared by every configuration: Adam at a rate a 1-layer model learns the count with in ~200 steps; eight
@@ -53,11 +54,12 @@ class RunResult:
     loss_fallback: list[str] | None = None  # FastGRPOTrainer's reasons for trl's loss math (must be empty here)
 
 
-def _model_dir(root: Path, seed: int) -> Path:
-    path = root / f"model-seed{seed}"
+def _model_dir(root: Path, seed: int, model: dict[str, Any]) -> Path:
+    tag = "".join(f"-{k}{v}" for k, v in sorted(model.items()))
+    path = root / f"model-seed{seed}{tag}"
     if not (path / "config.json").exists():
         tok = task.build_tokenizer(path)
-        task.build_model(path, tok, seed=seed)
+        task.build_model(path, tok, seed=seed, **model)
     return path
 
 
@@ -71,7 +73,7 @@ def run(
 
     if trainer_name not in TRAINERS:
         raise ValueError(f"trainer_name must be one of {TRAINERS}, got {trainer_name!r}")
-    path = _model_dir(root, seed)
+    path = _model_dir(root, seed, config.model)
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     samples: list[dict[str, Any]] = []
@@ -92,7 +94,7 @@ def run(
     if config.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
     out_dir = tempfile.mkdtemp(prefix=f"run-{trainer_name}-", dir=str(root))
     args = GRPOConfig(output_dir=out_dir, max_steps=steps, seed=seed, **{**BASE_ARGS, **config.overrides})
     kwargs: dict[str, Any] = {}

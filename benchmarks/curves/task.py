@@ -40,7 +40,9 @@ def build_tokenizer(path: str | Path) -> Any:
     return hf_tok
 
 
-def build_model(path: str | Path, tokenizer: Any, *, hidden: int = 32, layers: int = 1, seed: int = 0) -> Any:
+def build_model(
+    path: str | Path, tokenizer: Any, *, hidden: int = 32, layers: int = 1, seed: int = 0, **config_kwargs: Any
+) -> Any:
     """A random-weight fp32 Qwen2 causal LM over ``VOCAB``, saved to ``path`` (trl re-creates the reference from it)."""
     import torch
     import transformers
@@ -57,6 +59,7 @@ def build_model(path: str | Path, tokenizer: Any, *, hidden: int = 32, layers: i
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
+        **config_kwargs,
     )
     torch.manual_seed(seed)
     model = transformers.Qwen2ForCausalLM(config).to(torch.float32)
