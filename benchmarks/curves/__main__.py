@@ -33,11 +33,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="override the mode's number of optimizer steps")
     p.add_argument("--config", action="append", default=None, help="only this configuration (repeatable)")
     p.add_argument("--mutant", choices=sorted(mutants.MUTANTS), default=None, help="run against a broken loss")
+    p.add_argument("--replot", metavar="DIR", default=None, help="plots and check again from DIR/metrics.csv")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.replot:
+        return replot(Path(args.replot), Path(args.out) if args.out else Path(args.replot))
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fastgrpo-curves-"))
     out.mkdir(parents=True, exist_ok=True)
     if args.mutant and os.environ.get(mutants.ACTIVE_ENV) != args.mutant:
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         mutants.check_imported_copy()
     print(f"curves: mode={mode.name} configs={names} seeds={seeds} steps={steps} out={out}", flush=True)
     print(f"curves: fastgrpo from {Path(fastgrpo.__file__).parent}", flush=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = []
     for name in names:
         for seed in seeds:
@@ -65,28 +68,50 @@ def main(argv: list[str] | None = None) -> int:
                 r = runs.run(trainer, configs.CONFIGS[name], seed, steps, root, sample_steps)
                 results.append(r)
                 print(f"  {name} seed={seed} {trainer:8s} {r.seconds:5.1f}s", flush=True)
-    wall = time.perf_counter() - start
     report.write_csv(out / "metrics.csv", results)
     report.write_samples(out / "samples.md", results)
+    meta = {
+        "mode": mode.name,
+        "configs": list(names),
+        "checked": [name for name in mode.checked if name in names],
+        "seeds": list(seeds),
+        "steps": steps,
+        "training_wall_seconds": round(time.perf_counter() - start, 1),
+        "training_cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "mutant": args.mutant,
+        "versions": _versions(),
+    }
+    return analyse(out, results, meta)
+
+
+def replot(src: Path, out: Path) -> int:
+    """Plots and check again from a results folder's metrics.csv and run.json (no training)."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((src / "run.json").read_text())
+    return analyse(out, report.read_csv(src / "metrics.csv"), meta)
+
+
+def analyse(out: Path, results: list, meta: dict) -> int:
+    """PNGs, the parity check of the checked configurations, run.json; 0 when every check passed."""
     by_config = report.group(results)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    device = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    title = f"trl GRPOTrainer vs FastGRPOTrainer (torch backend), {device}, {date}"
-    plots_ok = True
+    title = f"trl GRPOTrainer vs FastGRPOTrainer (torch backend), {meta['device']}, {meta['date']}"
+    meta["plots"] = True
     try:
         for name, group in by_config.items():
             report.plot_config(out / f"curves-{name}.png", group, f"{name}: {title}")
         if "dapo" in by_config:
             report.plot_readme(out / "readme.png", by_config["dapo"], by_config.get("dapo-beta0.1", []), title)
     except ImportError as exc:  # matplotlib missing: the CSV and the check still count
-        plots_ok = False
+        meta["plots"] = False
         print(f"curves: no plots ({exc})", file=sys.stderr)
     ok = True
-    checked = [name for name in mode.checked if name in by_config] if len(seeds) >= 2 else []
-    if len(seeds) < 2:
+    if len(meta["seeds"]) < 2:
         print("curves: parity check SKIPPED: it needs at least 2 seeds per trainer", flush=True)
-    for name in checked:
+        meta["checked"] = []
+    for name in meta["checked"]:
         group = by_config[name]
         learn = [stats.learn_check(t, [r for r in group if r.trainer == t]) for t in runs.TRAINERS]
         parity = stats.parity_check(
@@ -95,23 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         config_ok = all(x.ok for x in learn) and all(x.ok for x in parity)
         report.write_check(out, name, learn, parity, config_ok)
         ok = ok and config_ok
-    meta = {
-        "mode": mode.name,
-        "configs": list(names),
-        "seeds": list(seeds),
-        "steps": steps,
-        "wall_seconds": round(wall, 1),
-        "load_average_1min_at_end": load,
-        "device": device,
-        "date": date,
-        "mutant": args.mutant,
-        "plots": plots_ok,
-        "checked": checked,
-        "ok": ok,
-        "versions": _versions(),
-    }
+    meta["ok"] = ok
     (out / "run.json").write_text(json.dumps(meta, indent=1))
-    print(f"curves: {'PASS' if ok else 'FAIL'} in {wall:.0f}s (1-min load average {load:.1f}); results in {out}")
+    wall, load = meta.get("training_wall_seconds"), meta.get("load_average_1min_at_end")
+    print(f"curves: {'PASS' if ok else 'FAIL'}; training {wall}s wall (1-min load average {load}); results in {out}")
     return 0 if ok else 1
 
 

@@ -6,11 +6,32 @@ import csv
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PLOTTED = ("reward", "kl", "entropy", "clip_ratio/region_mean", "grad_norm")
 COLORS = {"trl": "tab:blue", "fastgrpo": "tab:orange"}
+
+
+@dataclass
+class LoggedRun:
+    """A run read back from metrics.csv (``--replot``): what the plots and the check need."""
+
+    trainer: str
+    config: str
+    seed: int
+    logs: list[dict[str, float]]
+
+
+def read_csv(path: Path) -> list[LoggedRun]:
+    runs: dict[tuple[str, str, int], LoggedRun] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            key = (row.pop("config"), row.pop("trainer"), int(row.pop("seed")))
+            run = runs.setdefault(key, LoggedRun(key[1], key[0], key[2], []))
+            run.logs.append({"step": float(row.pop("step")), **{k: float(v) for k, v in row.items() if v != ""}})
+    return list(runs.values())
 
 
 def write_csv(path: Path, runs: list[Any]) -> None:
@@ -20,7 +41,12 @@ def write_csv(path: Path, runs: list[Any]) -> None:
         w.writerow(["config", "trainer", "seed", "step", *keys])
         for r in runs:
             for e in r.logs:
-                w.writerow([r.config, r.trainer, r.seed, int(e["step"]), *[e.get(k, "") for k in keys]])
+                cells = [_cell(e.get(k, "")) for k in keys]
+                w.writerow([r.config, r.trainer, r.seed, int(e["step"]), *cells])
+
+
+def _cell(value: Any) -> Any:
+    return f"{value:.7g}" if isinstance(value, float) else value  # 7 significant digits: fp32 precision
 
 
 def write_samples(path: Path, runs: list[Any]) -> None:
@@ -55,20 +81,18 @@ def _smooth(xs: list[float], k: int) -> list[float]:
 
 
 def _band(values: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """Per step: mean over seeds, and the lowest and highest seed (the band)."""
     mean, lo, hi = [], [], []
     for col in zip(*values):
         xs = [x for x in col if not math.isnan(x)]
-        if not xs:
-            mean.append(math.nan), lo.append(math.nan), hi.append(math.nan)
-            continue
-        m = sum(xs) / len(xs)
-        sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-        mean.append(m), lo.append(m - sd), hi.append(m + sd)
+        mean.append(sum(xs) / len(xs) if xs else math.nan)
+        lo.append(min(xs) if xs else math.nan)
+        hi.append(max(xs) if xs else math.nan)
     return mean, lo, hi
 
 
 def plot_metric(ax: Any, runs: list[Any], key: str, smooth: int) -> bool:
-    """Mean over seeds (line) and mean +- one seed sd (band) per trainer; False when ``key`` was never logged."""
+    """Mean over seeds (line) and the seeds' range (band) per trainer; False when ``key`` was never logged."""
     drew = False
     for trainer in COLORS:
         group = [r for r in runs if r.trainer == trainer]
