@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = mode.seeds if args.seeds is None else tuple(range(args.seeds))
     steps = mode.steps if args.steps is None else args.steps
     names = tuple(args.config) if args.config else mode.configs
+    unknown = [n for n in names if n not in configs.CONFIGS]
+    if unknown:
+        print(f"curves: unknown --config {unknown}; choices: {sorted(configs.CONFIGS)}", file=sys.stderr)
+        return 2
+    if any(configs.CONFIGS[n].lora for n in names) and importlib.util.find_spec("peft") is None:
+        print("curves: SKIPPING the LoRA configuration: peft is not installed (pip install peft)", file=sys.stderr)
+        names = tuple(n for n in names if not configs.CONFIGS[n].lora)
     sample_steps = (1, (steps // 2 // 8) * 8 + 1, ((steps - 1) // 8) * 8 + 1)  # generation batches: start, mid, end
     root = Path(tempfile.mkdtemp(prefix="fastgrpo-curves-work-"))
     import fastgrpo
