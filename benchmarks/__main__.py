@@ -9,6 +9,7 @@ table.md / PNG figures (and pytest-benchmark's own JSON) under ``benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +76,9 @@ def run_pytest_suite(argv: list[str] | None = None) -> int:
 
 
 # Suites that are not pytest-benchmark case grids: name -> entry point taking the full argv (one line per suite).
-SUITE_RUNNERS: dict[str, Callable[[list[str]], int]] = {}
+SUITE_RUNNERS: dict[str, Callable[[list[str]], int]] = {
+    "curves": lambda argv: importlib.import_module(f"{__package__}.curves.__main__").main(argv),  # training curves
+}
 
 
 def main(argv: list[str] | None = None) -> int:
