@@ -38,7 +38,7 @@ class GRPOLossOptions:
     step pass ``gradient_accumulation_steps=1`` and ``steps_per_generation=1`` (trl's eval mode).
     """
 
-    loss_type: str = "dapo"
+    loss_type: str = registry.DEFAULT_LOSS_TYPE
     importance_sampling_level: str = "token"
     beta: float = 0.0
     epsilon: float = 0.2

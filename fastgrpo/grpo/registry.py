@@ -208,4 +208,5 @@ register(
 # Snapshots of the built-in types for callers outside the loss (the trainer integration, the public API). Code
 # inside the loss calls get() instead, so a type registered later is seen everywhere.
 TRL_LOSS_TYPES = names()
+DEFAULT_LOSS_TYPE = "dapo"  # trl's GRPOConfig.loss_type default
 NUM_ITEMS_LOSSES = names_where(lambda e: e.normaliser is NUM_ITEMS)
