@@ -74,18 +74,22 @@ def test_device_mismatch_is_rejected(no_launch):
 
 
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch, no_launch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    import fastgrpo_kernels.common as kernels_common
+
+    monkeypatch.setattr(kernels_common, "INTERPRET", False)  # read once, at import: patch that reading
     x, w, t = _inputs()
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         fastgrpo.linear_logprobs(x, w, t, backend="triton")
 
 
 def test_auto_backend_resolution(monkeypatch):
+    import fastgrpo_kernels.common as kernels_common
     from fastgrpo.api import resolve_backend
 
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    # The interpreter switch is read once, when the kernels are imported (as Triton does): patch that reading.
+    monkeypatch.setattr(kernels_common, "INTERPRET", False)
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernels_common, "INTERPRET", True)
     assert resolve_backend("auto", torch.device("cpu")) == "triton"
     assert resolve_backend("torch", torch.device("cpu")) == "torch"
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
