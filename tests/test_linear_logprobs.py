@@ -3,9 +3,11 @@ path: log-probs, entropy, and every gradient, for awkward sizes and every option
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from _lp_helpers import AWKWARD, OPTION_CASES, kernel_overrides, kwargs_of, make_case, rel_err
+from _lp_helpers import AWKWARD, OPTION_CASES, kernel_overrides, make_case, rel_err
 
 import fastgrpo
 from fastgrpo.options import LogProbOptions
@@ -33,17 +35,15 @@ def _run(case, backend, opts, *, requires=("hidden",), grad_into=("logp",), upst
             ours_in["weight"],
             case.targets,
             bias=ours_in["bias"],
-            return_entropy=True,
             backend=backend,
-            ignore_index=opts.ignore_index,
-            **kwargs_of(opts),
+            options=dataclasses.replace(opts, return_entropy=True),  # every field, a new transform's included
         )
         ref = reference_linear_logprobs(
             ref_in["hidden"],
             ref_in["weight"],
             case.targets,
             ref_in["bias"],
-            LogProbOptions(**kwargs_of(opts), ignore_index=opts.ignore_index, return_entropy=True),
+            dataclasses.replace(opts, return_entropy=True),
         )
         grads = None
         if requires:
@@ -249,8 +249,6 @@ def test_autocast_computes_in_autocast_dtype(backend):
 def test_custom_ops_flatten_exactly_the_options_fields():
     """The custom ops are the one place a LogProbOptions becomes scalars: their schema holds one argument per field,
     in field order, generated from the dataclass (a new field appears here with no edit to ops.py)."""
-    import dataclasses
-
     import fastgrpo.ops as ops
 
     names = [f.name for f in dataclasses.fields(LogProbOptions)]
