@@ -14,6 +14,10 @@ order: deterministic, no atomics. Passes over a row:
 Gradients are unscaled: ``g[b, t] = d row_loss[b] / d logps[b, t]`` with ``row_loss[b] = sum_t ptl * mask``; the
 caller multiplies by the loss type's per-row weight (``fastgrpo.grpo.finalize``). All math is fp32: inputs of any
 float dtype are upcast on load (the interpreter mishandles 16-bit arithmetic).
+
+``LOSS_KIND`` selects the policy term's branch (``fastgrpo.grpo.registry.KernelKind``; which loss type uses which
+kind is declared there). ``KIND_POLICY_FN`` calls the ``POLICY`` constexpr instead, a ``@triton.jit`` function the
+loss type's registry entry supplies, with ``policy_params`` (a tuple of floats) as its parameters.
 """
 
 from __future__ import annotations
