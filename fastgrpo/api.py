@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Literal, NamedTuple
 
 import torch
@@ -87,6 +88,7 @@ def linear_logprobs(
     ignore_index: int = -100,
     return_entropy: bool = False,
     backend: Backend = "auto",
+    options: LogProbOptions | None = None,
 ) -> LogProbs:
     """Log-probabilities of ``targets`` under ``softmax(z)``, ``z`` the lm_head logits, without materializing them.
 
@@ -104,20 +106,23 @@ def linear_logprobs(
         targets: integer tensor of shape ``hidden.shape[:-1]``, values in ``[0, V)`` or ``ignore_index``.
         bias: ``[V]`` or None.
         backend: "triton" (GPU, or CPU under TRITON_INTERPRET=1), "torch" (chunked pure torch), or "auto".
+        options: a :class:`LogProbOptions` holding every option at once, instead of the option keywords (which
+            must then keep their defaults); the object travels unchanged to both backends.
 
     Differentiable with respect to hidden, weight and bias; gradients are computed only for inputs that require
     them, and a frozen head (weight and bias not requiring grad) costs no backward matmul for ``logp``.
     """
-    opts = LogProbOptions(
+    keywords = LogProbOptions(
         temperature=temperature,
         logit_scale=logit_scale,
         softcap=softcap,
         ignore_index=ignore_index,
         return_entropy=return_entropy,
     )
+    opts = keywords if options is None else _options_alone(options, keywords)
     # Data-dependent range check needs a host sync; under torch.compile it would break the graph.
     check_linear_logprobs_inputs(
-        hidden, weight, targets, bias, ignore_index, check_target_range=not torch.compiler.is_compiling()
+        hidden, weight, targets, bias, opts.ignore_index, check_target_range=not torch.compiler.is_compiling()
     )
     impl = resolve_backend(backend, hidden.device)
     compute_dtype = compute_dtype_for(hidden, weight)
@@ -133,4 +138,14 @@ def linear_logprobs(
     logp, entropy = LinearLogProbsFunction.apply(
         flat_hidden, weight, bias, flat_targets, opts, compute_dtype, impl, accumulate_softmax_w
     )
-    return LogProbs(logp.view(lead), entropy.view(lead) if return_entropy else None)
+    return LogProbs(logp.view(lead), entropy.view(lead) if opts.return_entropy else None)
+
+
+def _options_alone(options: LogProbOptions, keywords: LogProbOptions) -> LogProbOptions:
+    """``options``, after checking that no option keyword was also changed from its default."""
+    if not isinstance(options, LogProbOptions):
+        raise TypeError(f"options must be a LogProbOptions or None, got {type(options).__name__}")
+    changed = [f.name for f in fields(LogProbOptions) if getattr(keywords, f.name) != f.default]
+    if changed:
+        raise TypeError(f"pass either options= or option keywords, not both (also got {changed})")
+    return options

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import linear_logprobs_bwd, linear_logprobs_fwd
+from .ops import logprobs_backward, logprobs_forward
 from .options import LogProbOptions
 
 
@@ -25,19 +25,8 @@ class LinearLogProbsFunction(torch.autograd.Function):
     ):
         # Entropy is often returned for logging only: keep its incoming gradient None rather than zeros.
         ctx.set_materialize_grads(False)
-        logp, entropy, lse, softmax_w, target_scale = linear_logprobs_fwd(
-            hidden,
-            weight,
-            bias,
-            targets,
-            opts.temperature,
-            opts.logit_scale,
-            opts.softcap,
-            opts.ignore_index,
-            opts.return_entropy,
-            accumulate_softmax_w,
-            compute_dtype,
-            backend,
+        logp, entropy, lse, softmax_w, target_scale = logprobs_forward(
+            hidden, weight, bias, targets, opts, accumulate_softmax_w, compute_dtype, backend
         )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale)
         ctx.opts, ctx.compute_dtype, ctx.backend = opts, compute_dtype, backend
@@ -52,8 +41,7 @@ class LinearLogProbsFunction(torch.autograd.Function):
             return None, None, None, None, None, None, None, None
         if entropy.numel() == 0:
             grad_entropy = None
-        opts = ctx.opts
-        gx, gw, gb = linear_logprobs_bwd(
+        gx, gw, gb = logprobs_backward(
             hidden,
             weight,
             bias,
@@ -64,15 +52,10 @@ class LinearLogProbsFunction(torch.autograd.Function):
             target_scale,
             None if grad_logp is None else grad_logp.contiguous(),
             None if grad_entropy is None else grad_entropy.contiguous(),
-            opts.temperature,
-            opts.logit_scale,
-            opts.softcap,
-            opts.ignore_index,
+            ctx.opts,
             ctx.compute_dtype,
             ctx.backend,
-            need_x,
-            need_w,
-            need_b and bias is not None,
+            (need_x, need_w, need_b and bias is not None),
         )
         return (
             gx if need_x else None,

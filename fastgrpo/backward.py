@@ -60,7 +60,8 @@ def softmax_w_backward(
     compute_dtype: torch.dtype,
     need_x: bool,
 ) -> tuple[torch.Tensor | None, None, None]:
-    """Frozen head: d logp_t / dx = a_t * W_t - sum_v p_v a_v W_v, with no recompute (landscape notes, section 3)."""
+    """Frozen head: d logp_t / dx = a_t * W_t - sum_v p_v a_v W_v (a = dz/dy), with no recompute: the forward
+    accumulated the vocabulary sum ``softmax_w`` in its online-softmax pass, since it does not depend on ``g_l``."""
     if not need_x:
         return None, None, None
     if g_l is None:

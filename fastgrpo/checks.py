@@ -29,9 +29,9 @@ def check_linear_logprobs_inputs(
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if hidden.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"hidden must be float32, bfloat16 or float16, got {hidden.dtype}")
+        raise TypeError(f"hidden must be float32, bfloat16, float16 or float64, got {hidden.dtype}")
     if weight.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32, bfloat16 or float16, got {weight.dtype}")
+        raise TypeError(f"weight must be float32, bfloat16, float16 or float64, got {weight.dtype}")
     if hidden.dtype in _LOW_PRECISION and weight.dtype in _LOW_PRECISION and hidden.dtype != weight.dtype:
         raise TypeError(
             f"hidden ({hidden.dtype}) and weight ({weight.dtype}) are different 16-bit formats and cannot be mixed; "

@@ -4,7 +4,9 @@ Same semantics and the same statistics as the Triton kernels, tiled over tokens 
 is O(tile) instead of O(N * V). Forward per row: online logsumexp over vocabulary tiles, keeping
 ``m`` (running max), ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m)`` and the target logit, so that
 ``lse = m + log s``, ``entropy = log s - t / s``. For a frozen head the forward also accumulates
-``softmax(z) * dz/dy @ W`` (landscape notes, section 3) so the backward needs no recompute.
+``softmax(z) * dz/dy @ W``: with ``a = dz/dy``, ``d logp_t / dx = a_t W_t - sum_v p_v a_v W_v``, and that sum is the
+only vocabulary-wide term, so the online softmax can carry it (rescaled with ``s``) and the backward for ``hidden``
+needs no recompute of the logits.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from fastgrpo_kernels import configs
-from fastgrpo_kernels.common import INTERPRET
+from fastgrpo_kernels.common import INTERPRET, transform_args
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
@@ -51,11 +51,6 @@ def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
     if not INTERPRET:
         return tensors
     return tuple(t if t is None or t.dtype == compute_dtype else t.to(compute_dtype) for t in tensors)
-
-
-def _transform_scalars(opts: LogProbOptions) -> dict:
-    """The logit transform's runtime arguments (``logit_transform`` in kernels/common.py)."""
-    return dict(logit_scale=float(opts.logit_scale), softcap=float(opts.softcap or 1.0), inv_t=opts.inv_temperature)
 
 
 def _descriptors(cfg: configs.KernelConfig, hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype):
@@ -135,24 +130,27 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         softmax_w = _empty((n, h), dev, f32, cfg.poison)
 
     b_arg = bias if bias is not None else hidden  # any valid pointer; unread without HAS_BIAS
-    scalars = _transform_scalars(opts)
-    strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
-    flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=opts.softcap is not None, HAS_SOFTMAX_W=accumulate_softmax_w)
+    # Shared keyword arguments of both launches: sizes, strides, the logit transform (options flattened there).
+    common = dict(
+        x_ptr=hidden, w_ptr=weight, b_ptr=b_arg, N=n, H=h, V=vocab,
+        stride_xn=hidden.stride(0), stride_xh=hidden.stride(1), stride_wv=weight.stride(0), stride_wh=weight.stride(1),
+        **transform_args(opts), HAS_BIAS=bias is not None, HAS_SOFTMAX_W=accumulate_softmax_w,
+        HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
+    )  # fmt: skip
     x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
-        hidden, weight, b_arg, x_desc, w_desc, part[0], part[1], part[2], part_acc,
-        n, h, vocab, v_per_split, *strides,
-        **scalars, **flags, HAS_ENTROPY=opts.return_entropy, USE_TMA=x_desc is not None,
-        DOT_DTYPE=_dot_dtype(compute_dtype), DOT_PRECISION=_dot_precision(compute_dtype),
+        x_desc=x_desc, w_desc=w_desc, part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2],
+        part_acc_ptr=part_acc, v_per_split=v_per_split, **common,
+        USE_TMA=x_desc is not None, DOT_PRECISION=_dot_precision(compute_dtype),
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     combine_splits_kernel[(triton.cdiv(n, combine.block_n),)](
-        part[0], part[1], part[2], part_acc, hidden, weight, b_arg, targets,
-        logp, entropy if opts.return_entropy else logp, lse,
-        softmax_w if accumulate_softmax_w else logp, target_scale if accumulate_softmax_w else logp,
-        n, h, vocab, splits, opts.ignore_index, *strides,
-        **scalars, **flags, HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
+        part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2], part_acc_ptr=part_acc, tgt_ptr=targets,
+        logp_ptr=logp, entropy_ptr=entropy if opts.return_entropy else logp, lse_ptr=lse,
+        softmax_w_ptr=softmax_w if accumulate_softmax_w else logp,
+        target_scale_ptr=target_scale if accumulate_softmax_w else logp,
+        SPLITS=splits, ignore_index=opts.ignore_index, **common,
         BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
     )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
@@ -229,36 +227,34 @@ def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, 
     grad_w = _empty(weight.shape, dev, out_dtypes[1], cfg.poison) if need_w else None
     grad_b = _empty(bias.shape, dev, bias.dtype, cfg.poison) if need_b else None
     x_gemm = hidden.to(ws_dtype) if need_w else None
-    scalars = _transform_scalars(opts)
     x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     for c0 in range(0, vocab, width):
         wd = min(width, vocab - c0)
         linear_logprobs_dlogits_kernel[(row_blocks * triton.cdiv(wd, cfg.block_v),)](
-            hidden,
-            weight,
-            bias if bias is not None else hidden,
-            x_desc,
-            w_desc,
-            targets,
-            lse,
-            entropy if g_h is not None else lse,
-            g_l if g_l is not None else lse,
-            g_h if g_h is not None else lse,
-            ws,
-            db_part,
-            n,
-            h,
-            c0,
-            wd,
-            hidden.stride(0),
-            hidden.stride(1),
-            weight.stride(0),
-            weight.stride(1),
-            ws.stride(0),
-            db_part.stride(0),
-            **scalars,
+            x_ptr=hidden,
+            w_ptr=weight,
+            b_ptr=bias if bias is not None else hidden,
+            x_desc=x_desc,
+            w_desc=w_desc,
+            tgt_ptr=targets,
+            lse_ptr=lse,
+            entropy_ptr=entropy if g_h is not None else lse,
+            g_logp_ptr=g_l if g_l is not None else lse,
+            g_ent_ptr=g_h if g_h is not None else lse,
+            dy_ptr=ws,
+            db_part_ptr=db_part,
+            N=n,
+            H=h,
+            c0=c0,
+            width=wd,
+            stride_xn=hidden.stride(0),
+            stride_xh=hidden.stride(1),
+            stride_wv=weight.stride(0),
+            stride_wh=weight.stride(1),
+            stride_dyn=ws.stride(0),
+            stride_dbn=db_part.stride(0),
+            **transform_args(opts),
             HAS_BIAS=bias is not None,
-            HAS_SOFTCAP=opts.softcap is not None,
             HAS_LOGP_GRAD=g_l is not None,
             HAS_ENTROPY_GRAD=g_h is not None,
             HAS_BIAS_GRAD=need_b,

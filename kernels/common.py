@@ -18,16 +18,29 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
+def transform_args(opts) -> dict:
+    """A ``LogProbOptions`` as the kernels' two logit-transform arguments, read only by :func:`logit_transform`:
+    ``transform``, a tuple of runtime fp32 scalars, and ``TRANSFORM``, a tuple of compile-time flags. The kernels pass
+    both through untouched, so a new transform changes this function and ``logit_transform``, not their signatures.
+    """
+    return dict(
+        transform=(float(opts.logit_scale), float(opts.softcap or 1.0), opts.inv_temperature),
+        TRANSFORM=(opts.softcap is not None,),
+    )
+
+
 @triton.jit
-def logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP: tl.constexpr):
+def logit_transform(y, transform, TRANSFORM: tl.constexpr):
     """``z = softcap * tanh(logit_scale * y / softcap) * inv_t`` and ``dz/dy``; fp32 in and out.
 
+    ``transform = (logit_scale, softcap, inv_t)`` and ``TRANSFORM = (HAS_SOFTCAP,)`` (see :func:`transform_args`).
     Without softcap, ``z = logit_scale * y * inv_t`` and ``dz/dy`` is that scalar factor (returned broadcastable).
     """
     # torch.compile may pass Python floats as fp64 scalars: keep the math in fp32.
-    logit_scale = tl.cast(logit_scale, tl.float32)
-    softcap = tl.cast(softcap, tl.float32)
-    inv_t = tl.cast(inv_t, tl.float32)
+    logit_scale = tl.cast(transform[0], tl.float32)
+    softcap = tl.cast(transform[1], tl.float32)
+    inv_t = tl.cast(transform[2], tl.float32)
+    HAS_SOFTCAP: tl.constexpr = TRANSFORM[0]
     if HAS_SOFTCAP:
         # tanh(u) = 2 / (1 + exp(-2u)) - 1, with exp(-2u) = exp2(c * y): stable at large |u| (exp2 -> inf or 0
         # gives th = -1 or 1), one ex2 per element, and tl has no tanh on every backend.

@@ -14,12 +14,19 @@ order: deterministic, no atomics. Passes over a row:
 Gradients are unscaled: ``g[b, t] = d row_loss[b] / d logps[b, t]`` with ``row_loss[b] = sum_t ptl * mask``; the
 caller multiplies by the loss type's per-row weight (``fastgrpo.grpo.finalize``). All math is fp32: inputs of any
 float dtype are upcast on load (the interpreter mishandles 16-bit arithmetic).
+
+``LOSS_KIND`` selects the policy term's branch (``fastgrpo.grpo.registry.KernelKind``; which loss type uses which
+kind is declared there). ``KIND_POLICY_FN`` calls the ``POLICY`` constexpr instead, a ``@triton.jit`` function the
+loss type's registry entry supplies, with ``policy_params`` (a tuple of floats) as its parameters.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from fastgrpo.grpo import registry as R
+from fastgrpo.grpo.registry import KernelKind
 
 # Column layout of ``stats``; must match ``fastgrpo.grpo.layout``.
 ROW_LOSS = tl.constexpr(0)
@@ -35,15 +42,19 @@ CISPO_CLIP = tl.constexpr(9)
 PHI_SEQ = tl.constexpr(10)
 NUM_STATS = tl.constexpr(11)
 
-# LOSS_KIND values.
-KIND_PPO_CLIP = 0  # grpo, bnpo, dr_grpo, dapo, luspo
-KIND_CISPO = 1
-KIND_SAPO = 2
-KIND_VESPO = 3
+# LOSS_KIND values: the numbers of ``fastgrpo.grpo.registry.KernelKind`` (which loss type uses which kind is
+# declared there, never here).
+KIND_PPO_CLIP = tl.constexpr(int(KernelKind.PPO_CLIP))
+KIND_CISPO = tl.constexpr(int(KernelKind.CISPO))
+KIND_SAPO = tl.constexpr(int(KernelKind.SAPO))
+KIND_VESPO = tl.constexpr(int(KernelKind.VESPO))
+KIND_POLICY_FN = tl.constexpr(int(KernelKind.POLICY_FN))  # the policy term is the POLICY function argument
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
-VESPO_LOG_RATIO_CLAMP = tl.constexpr(20.0)
-VESPO_LOG_W_MIN = tl.constexpr(-18.420680743952367)  # log(1e-8), trl's lower clamp
+# trl's vespo clamps, one source with the torch path (fastgrpo.grpo.registry).
+VESPO_LOG_RATIO_CLAMP = tl.constexpr(R.VESPO_LOG_RATIO_CLAMP)
+VESPO_LOG_W_MIN = tl.constexpr(R.VESPO_LOG_W_MIN)
+VESPO_LAMBDA_MIN = tl.constexpr(R.VESPO_LAMBDA_MIN)
 
 
 @triton.jit
@@ -104,6 +115,7 @@ def _token_terms(
     sapo_t_pos,
     sapo_t_neg,
     phi,
+    policy_params,
     HAS_KL: tl.constexpr,
     HAS_BIAS_CORRECTION: tl.constexpr,
     HAS_ISR: tl.constexpr,
@@ -111,6 +123,7 @@ def _token_terms(
     HAS_DELTA: tl.constexpr,
     LOSS_KIND: tl.constexpr,
     SEQ_LEVEL: tl.constexpr,
+    POLICY: tl.constexpr,
 ):
     """Per-token loss pieces for one [BLOCK_B, BLOCK_T] tile (``adv``, ``row_mult``, ``phi`` are [BLOCK_B, 1]).
 
@@ -125,7 +138,7 @@ def _token_terms(
     if HAS_ISR:
         mult = mult * isr
     coef_metric = coef_1
-    if LOSS_KIND == 0:  # PPO clip: -min(coef_1d * A, coef_2 * A); torch's min splits a tie's gradient in half
+    if LOSS_KIND == KIND_PPO_CLIP:  # -min(coef_1d * A, coef_2 * A); torch's min splits a tie's gradient in half
         coef_2 = tl.minimum(tl.maximum(coef_1, 1.0 - eps_lo), 1.0 + eps_hi)
         in_clip = ((coef_1 >= 1.0 - eps_lo) & (coef_1 <= 1.0 + eps_hi)).to(tl.float32)
         if HAS_DELTA:
@@ -141,18 +154,20 @@ def _token_terms(
         d_coef = -(w_a * pass_delta + (1.0 - w_a) * in_clip) * adv
         d_direct = tl.zeros_like(lp)
         coef_metric = coef_1d
-    elif LOSS_KIND == 1:  # cispo: detached clamp(coef_1, max=eps_high) * A * logp
+    elif LOSS_KIND == KIND_CISPO:  # cispo: detached clamp(coef_1, max=eps_high) * A * logp
         clamped = tl.minimum(coef_1, eps_hi)
         policy = -clamped * adv * lp
         d_coef = tl.zeros_like(lp)
         d_direct = -clamped * adv
-    elif LOSS_KIND == 2:  # sapo: soft clip sigmoid(tau (coef_1 - 1)) * 4 / tau
+    elif LOSS_KIND == KIND_SAPO:  # sapo: soft clip sigmoid(tau (coef_1 - 1)) * 4 / tau
         tau = tl.where(adv > 0, sapo_t_pos, sapo_t_neg)
         sig = tl.sigmoid(tau * (coef_1 - 1.0))
         policy = -sig * 4.0 / tau * adv
         d_coef = -4.0 * sig * (1.0 - sig) * adv
         d_direct = tl.zeros_like(lp)
-    else:  # vespo: detached per-row gamma weight phi
+    elif LOSS_KIND == KIND_POLICY_FN:  # the loss type's own @triton.jit policy term (fastgrpo.grpo.registry)
+        policy, d_coef, d_direct = POLICY(coef_1, lp, adv, policy_params)
+    else:  # KIND_VESPO: detached per-row gamma weight phi
         policy = -phi * adv * lp
         d_coef = tl.zeros_like(lp)
         d_direct = -phi * adv + tl.zeros_like(lp)
@@ -210,6 +225,7 @@ def grpo_loss_fwd_kernel(
     vespo_k_neg,
     vespo_lambda_neg,
     entropy_coef,
+    policy_params,  # tuple of fp32: the POLICY function's parameters (a placeholder for the built-in kinds)
     HAS_OLD: tl.constexpr,
     HAS_KL: tl.constexpr,
     HAS_BIAS_CORRECTION: tl.constexpr,
@@ -225,6 +241,7 @@ def grpo_loss_fwd_kernel(
     COMPUTE_GRAD: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    POLICY: tl.constexpr = None,  # @triton.jit (coef_1, logp, adv, params) -> (policy, d/d coef_1, d/d logp)
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)  # [BLOCK_B]
@@ -232,7 +249,7 @@ def grpo_loss_fwd_kernel(
     rows64 = rows.to(tl.int64)
     row_base = rows64[:, None] * T  # [BLOCK_B, 1] int64 offset of each row
     adv = tl.load(adv_ptr + rows64, mask=row_mask, other=0.0).to(tl.float32)[:, None]  # [BLOCK_B, 1]
-    IS_VESPO: tl.constexpr = LOSS_KIND == 3
+    IS_VESPO: tl.constexpr = LOSS_KIND == KIND_VESPO
     ISR_IN_LOSS: tl.constexpr = HAS_ISR and not IS_VESPO  # vespo folds the ratio into phi instead
     ISR_IN_PHI: tl.constexpr = HAS_ISR and IS_VESPO
 
@@ -281,7 +298,7 @@ def grpo_loss_fwd_kernel(
         log_w = tl.minimum(tl.maximum(vespo_sum, VESPO_LOG_W_MIN), VESPO_LOG_RATIO_CLAMP)[:, None]
         nonneg = adv >= 0
         k = tl.where(nonneg, vespo_k_pos, vespo_k_neg)
-        lam = tl.maximum(tl.where(nonneg, vespo_lambda_pos, vespo_lambda_neg), 1e-4)
+        lam = tl.maximum(tl.where(nonneg, vespo_lambda_pos, vespo_lambda_neg), VESPO_LAMBDA_MIN)
         phi = tl.exp(lam + k * log_w - lam * tl.exp(log_w))
         phi = tl.where(tl.abs(phi) <= FLT_MAX, phi, 0.0)  # nan_to_num(nan=0, posinf=0, neginf=0)
 
@@ -336,6 +353,7 @@ def grpo_loss_fwd_kernel(
             sapo_t_pos,
             sapo_t_neg,
             phi,
+            policy_params,
             HAS_KL,
             HAS_BIAS_CORRECTION,
             ISR_IN_LOSS,
@@ -343,6 +361,7 @@ def grpo_loss_fwd_kernel(
             HAS_DELTA,
             LOSS_KIND,
             SEQ_LEVEL,
+            POLICY,
         )
         count2 += tl.sum(m, axis=1)
         row_loss += tl.sum(ptl * m, axis=1)
@@ -358,20 +377,20 @@ def grpo_loss_fwd_kernel(
             bonus_count += tl.sum(eff, axis=1)
             if COMPUTE_GRAD and HAS_ENTROPY_BONUS:
                 tl.store(grad_ent_ptr + offs, -entropy_coef * eff, mask=tile_mask)
-        if LOSS_KIND == 0 and not SEQ_LEVEL:
+        if LOSS_KIND == KIND_PPO_CLIP and not SEQ_LEVEL:
             low = ((coef_metric < 1.0 - eps_lo) & (adv < 0)).to(tl.float32)
             high = ((coef_metric > 1.0 + eps_hi) & (adv > 0)).to(tl.float32)
             low_sum += tl.sum(low * m, axis=1)
             high_sum += tl.sum(high * m, axis=1)
             region_sum += tl.sum(tl.maximum(low, high) * m, axis=1)
-        if LOSS_KIND == 1:
+        if LOSS_KIND == KIND_CISPO:
             cispo_sum += tl.sum(((coef_1 > eps_hi) & (adv > 0)).to(tl.float32) * m, axis=1)
         if SEQ_LEVEL:
             d_coef_sum += tl.sum(d_coef * m, axis=1)
         elif COMPUTE_GRAD:
             tl.store(grad_lp_ptr + offs, m * (d_direct + d_coef * coef_1), mask=tile_mask)
 
-    if LOSS_KIND == 0 and SEQ_LEVEL:  # one indicator per sequence (trl's (B, 1) tensors)
+    if LOSS_KIND == KIND_PPO_CLIP and SEQ_LEVEL:  # one indicator per sequence (trl's (B, 1) tensors)
         coef_metric_row = coef_row
         if HAS_DELTA:
             coef_metric_row = tl.minimum(coef_row, delta)
@@ -436,6 +455,7 @@ def grpo_loss_fwd_kernel(
                 sapo_t_pos,
                 sapo_t_neg,
                 phi,
+                policy_params,
                 HAS_KL,
                 HAS_BIAS_CORRECTION,
                 ISR_IN_LOSS,
@@ -443,5 +463,6 @@ def grpo_loss_fwd_kernel(
                 HAS_DELTA,
                 LOSS_KIND,
                 SEQ_LEVEL,
+                POLICY,
             )
             tl.store(grad_lp_ptr + offs, m * d_direct + m * row_term, mask=tile_mask)

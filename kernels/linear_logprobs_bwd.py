@@ -42,11 +42,9 @@ def linear_logprobs_dlogits_kernel(
     stride_wh,
     stride_dyn,
     stride_dbn,
-    logit_scale,
-    softcap,
-    inv_t,
+    transform,  # tuple of fp32: the logit transform's scalars (kernels/common.py: transform_args)
     HAS_BIAS: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr,
+    TRANSFORM: tl.constexpr,  # tuple: the logit transform's compile-time flags
     HAS_LOGP_GRAD: tl.constexpr,
     HAS_ENTROPY_GRAD: tl.constexpr,
     HAS_BIAS_GRAD: tl.constexpr,
@@ -98,7 +96,7 @@ def linear_logprobs_dlogits_kernel(
         BLOCK_V,
         BLOCK_K,
     )  # [BLOCK_N, BLOCK_V]
-    z, dz_dy = logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP)
+    z, dz_dy = logit_transform(y, transform, TRANSFORM)
     lse = tl.load(lse_ptr + rows64, mask=row_mask, other=0.0)
     p = tl.exp2(z * LOG2E - (lse * LOG2E)[:, None])  # one FFMA + ex2 (common.py: cheaper than tl.exp)
     dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)

@@ -118,11 +118,9 @@ def linear_logprobs_fwd_kernel(
     stride_xh,
     stride_wv,
     stride_wh,
-    logit_scale,
-    softcap,
-    inv_t,
+    transform,  # tuple of fp32: the logit transform's scalars (kernels/common.py: transform_args)
     HAS_BIAS: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr,
+    TRANSFORM: tl.constexpr,  # tuple: the logit transform's compile-time flags
     HAS_SOFTMAX_W: tl.constexpr,
     HAS_ENTROPY: tl.constexpr,
     USE_TMA: tl.constexpr,
@@ -180,7 +178,7 @@ def linear_logprobs_fwd_kernel(
             BLOCK_V,
             BLOCK_K,
         )  # [BLOCK_N, BLOCK_V]
-        z, dz_dy = logit_transform(y, logit_scale, softcap, inv_t, HAS_SOFTCAP)
+        z, dz_dy = logit_transform(y, transform, TRANSFORM)
         # Padded vocabulary columns, and with TMA the next split's columns, must not enter the logsumexp.
         z = tl.where(col_mask[None, :], z, float("-inf"))
         m, s, t, e, alpha = online_softmax_update(m, s, t, z, HAS_ENTROPY)
@@ -234,11 +232,9 @@ def combine_splits_kernel(
     stride_xh,
     stride_wv,
     stride_wh,
-    logit_scale,
-    softcap,
-    inv_t,
+    transform,  # tuple of fp32: the logit transform's scalars (kernels/common.py: transform_args)
     HAS_BIAS: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr,
+    TRANSFORM: tl.constexpr,  # tuple: the logit transform's compile-time flags
     HAS_ENTROPY: tl.constexpr,
     HAS_SOFTMAX_W: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -281,7 +277,7 @@ def combine_splits_kernel(
         y_t += tl.sum(x.to(DOT_DTYPE).to(tl.float32) * w.to(DOT_DTYPE).to(tl.float32), axis=1)  # [BLOCK_N]
     if HAS_BIAS:
         y_t += tl.load(b_ptr + safe, mask=row_mask, other=0.0).to(tl.float32)
-    z_t, a_t = logit_transform(y_t, logit_scale, softcap, inv_t, HAS_SOFTCAP)
+    z_t, a_t = logit_transform(y_t, transform, TRANSFORM)
 
     tl.store(lse_ptr + rows64, lse, mask=row_mask)
     tl.store(logp_ptr + rows64, tl.where(valid, z_t - lse, 0.0), mask=row_mask)

@@ -154,7 +154,7 @@ def trl_loss(
     metrics = {name: values[-1] for name, values in ns._metrics["train"].items()}
     scale = abs(loss.item())
     if "policy_loss" in metrics:  # logged with the entropy bonus: the policy part of the loss, before / gas
-        per_step = 1 if opts.loss_type in ("dapo", "cispo", "vespo") else opts.gradient_accumulation_steps
+        per_step = opts.gradient_accumulation_steps if opts.entry.normaliser.per_micro_batch else 1
         scale = max(scale, abs(metrics["policy_loss"]) / per_step)
     return TrlResult(loss.detach(), grad_logps, grad_ents, metrics, scale)
 

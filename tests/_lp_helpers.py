@@ -52,10 +52,6 @@ OPTION_CASES = {
 }
 
 
-def kwargs_of(opts: LogProbOptions) -> dict:
-    return dict(temperature=opts.temperature, logit_scale=opts.logit_scale, softcap=opts.softcap)
-
-
 @contextlib.contextmanager
 def kernel_overrides(backend: str, **fields):
     """For the Triton backend: several vocabulary splits, a backward workspace of a few chunks, NaN-poisoned

@@ -17,6 +17,7 @@ from _grpo_trl import compare_with_trl, rel_err, trl_entropy_mask, trl_loss
 import fastgrpo
 from fastgrpo.grpo import LOSS_TYPES, GRPOLossOptions, GRPOLossOutput, grpo_loss
 from fastgrpo.grpo import layout as L
+from fastgrpo.grpo import registry as R
 
 # Triton kernels on CPU tensors: needs the interpreter (tests/conftest.py).
 pytestmark = pytest.mark.interpreter
@@ -24,7 +25,6 @@ pytestmark = pytest.mark.interpreter
 
 FP32_REL = 1e-5
 BACKENDS = ("triton", "torch")
-MAX_ERR: dict[tuple[str, str], float] = {}  # (loss type, trl dtype) -> largest relative error seen (see report test)
 
 # Covering design: the 16 runs of a two-level orthogonal array OA(16, 15, 2, 2) (rows of the Sylvester Hadamard
 # matrix). Each of the 15 switches below takes both its values in 8 runs, and every pair of switches meets in all
@@ -78,7 +78,7 @@ def case_from_run(loss_type: str, run: dict[str, bool], seed: int):
     """(options, tensors for both sides, top_entropy_quantile) for one run of the covering design."""
     x = make_inputs(seed)
     bsz, seqlen = x["per_token_logps"].shape
-    level = "sequence" if run["sequence_level"] and loss_type != "cispo" else "token"
+    level = "sequence" if run["sequence_level"] and R.get(loss_type).sequence_level else "token"
     eps_high = {"cispo": (1.2, None)}.get(loss_type, (None, 0.28))[run["epsilon_high"]]
     opts = GRPOLossOptions(
         loss_type=loss_type,
@@ -111,7 +111,7 @@ def case_from_run(loss_type: str, run: dict[str, bool], seed: int):
         tensors["sampling_per_token_logps"] = x["sampling_per_token_logps"]
     if run["is_ratio"]:
         isr = x["importance_sampling_ratio"]
-        per_seq = run["is_ratio_per_seq"] and loss_type != "vespo"  # trl: vespo needs token-level ratios
+        per_seq = run["is_ratio_per_seq"] and R.get(loss_type).isr_per_sequence  # trl: vespo needs [B, T]
         tensors["importance_sampling_ratio"] = isr[:, :1].contiguous() if per_seq else isr
     quantile = 0.6 if run["entropy_mask"] else 1.0
     return opts, tensors, quantile
@@ -149,8 +149,6 @@ def check_against_trl(opts, tensors, quantile, backend, label, *, fp32_trl=True)
         errs = compare_with_trl(out, g_lp, g_ent, ref)
         bad = {k: v for k, v in errs.items() if not v <= FP32_REL}
         assert not bad, f"{label} vs trl in {dtype}: {bad}"
-        key = (opts.loss_type, str(dtype).removeprefix("torch."))
-        MAX_ERR[key] = max(MAX_ERR.get(key, 0.0), *errs.values())
     return out
 
 
@@ -264,7 +262,7 @@ def test_edge_cases_match_trl(edge, backend):
     seqlen = x["per_token_logps"].shape[1]
     for loss_type in LOSS_TYPES:
         for level in ("token", "sequence"):
-            if loss_type == "cispo" and level == "sequence":
+            if level == "sequence" and not R.get(loss_type).sequence_level:
                 continue
             opts = _edge_opts(loss_type, level, seqlen)
             n_items = int(x["completion_mask"].sum()) if opts.needs_num_items else None
@@ -320,8 +318,18 @@ def test_no_grad_and_low_precision_inputs(backend):
     out = grpo_loss(lp16, x["advantages"], x["completion_mask"], backend=backend, **kwargs)
     (grad,) = torch.autograd.grad(out.loss, [lp16])
     assert out.loss.dtype == torch.float32 and grad.dtype == torch.bfloat16 and torch.isfinite(grad).all()
-    # bf16 rounding of the log-probs moves the loss by ~1e-3 relative, no more
-    assert rel_err(out.loss, ref.loss) < 2e-2
+    # bf16 rounding of the log-probs (at most 2^-9 relative each) moves this loss by 8.2e-4 relative (measured, both
+    # backends); 2e-3 leaves a 2.4x margin. Relative error alone is seed-dependent (a loss near 0 cancels: 1e-4 to
+    # 5e-2 over seeds 21-40), so also check that the change is the first-order effect of the rounding, nothing else:
+    # |dloss - g . d| <= 1e-2 * sum |g| |d| (measured <= 4.2e-3 over seeds 21-40, d = lp_bf16 - lp, g = fp32 grad).
+    assert rel_err(out.loss, ref.loss) < 2e-3
+    lp32 = x["per_token_logps"].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(
+        grpo_loss(lp32, x["advantages"], x["completion_mask"], backend=backend, **kwargs).loss, [lp32]
+    )
+    d = lp16.detach().float() - x["per_token_logps"]
+    first_order = (g * d).sum()
+    assert (out.loss.detach() - ref.loss - first_order).abs() <= 1e-2 * (g.abs() * d.abs()).sum()
 
 
 def test_kernel_stats_layout_matches_python_layout():
@@ -424,13 +432,20 @@ def test_bad_tensors_raise_clear_errors(no_kernel):
         grpo_loss(lp, [1.0] * bsz, mask, loss_type="grpo")
 
 
-def test_zz_report_max_errors():
-    """Prints the largest relative error vs trl per loss type seen by the tests above (run with -rP to see it)."""
-    if not MAX_ERR:
-        pytest.skip("run together with the parity tests")
+def test_report_max_errors():
+    """Largest relative error vs trl per loss type, over one covering-design run per type on both backends (run with
+    -rP to see the table). Self-contained: it measures what it prints, whatever else ran before it."""
+    worst: dict[tuple[str, str], float] = {}
+    for i, loss_type in enumerate(LOSS_TYPES):
+        opts, tensors, quantile = case_from_run(loss_type, RUNS[(3 * i + 5) % 16], seed=2000 + i)
+        for backend in BACKENDS:
+            out, g_lp, g_ent = run_ours(opts, tensors, quantile, backend)
+            for dtype in (torch.float64, torch.float32):
+                ref = trl_loss(opts, **tensors, top_entropy_quantile=quantile, dtype=dtype)
+                key = (loss_type, str(dtype).removeprefix("torch."))
+                worst[key] = max(worst.get(key, 0.0), *compare_with_trl(out, g_lp, g_ent, ref).values())
     print("largest relative error vs trl's _compute_loss (loss, grads, metrics), per loss type:")
     for loss_type in LOSS_TYPES:
-        f64, f32 = MAX_ERR.get((loss_type, "float64")), MAX_ERR.get((loss_type, "float32"))
-        if f64 is not None:
-            print(f"  {loss_type:8s} vs trl float64 {f64:.2e}   vs trl float32 {f32:.2e}")
-    assert max(MAX_ERR.values()) <= FP32_REL
+        f64, f32 = worst[(loss_type, "float64")], worst[(loss_type, "float32")]
+        print(f"  {loss_type:8s} vs trl float64 {f64:.2e}   vs trl float32 {f32:.2e}")
+    assert max(worst.values()) <= FP32_REL

@@ -3,9 +3,11 @@ path: log-probs, entropy, and every gradient, for awkward sizes and every option
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from _lp_helpers import AWKWARD, OPTION_CASES, kernel_overrides, kwargs_of, make_case, rel_err
+from _lp_helpers import AWKWARD, OPTION_CASES, kernel_overrides, make_case, rel_err
 
 import fastgrpo
 from fastgrpo.options import LogProbOptions
@@ -33,17 +35,15 @@ def _run(case, backend, opts, *, requires=("hidden",), grad_into=("logp",), upst
             ours_in["weight"],
             case.targets,
             bias=ours_in["bias"],
-            return_entropy=True,
             backend=backend,
-            ignore_index=opts.ignore_index,
-            **kwargs_of(opts),
+            options=dataclasses.replace(opts, return_entropy=True),  # every field, a new transform's included
         )
         ref = reference_linear_logprobs(
             ref_in["hidden"],
             ref_in["weight"],
             case.targets,
             ref_in["bias"],
-            LogProbOptions(**kwargs_of(opts), ignore_index=opts.ignore_index, return_entropy=True),
+            dataclasses.replace(opts, return_entropy=True),
         )
         grads = None
         if requires:
@@ -241,3 +241,92 @@ def test_autocast_computes_in_autocast_dtype(backend):
     with kernel_overrides(backend):
         fp32 = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, backend=backend)
     assert not torch.equal(out.logp, fp32.logp)  # the autocast dtype was really used
+
+
+# ---- options travel whole: one LogProbOptions from the public function to the kernels' transform helper
+
+
+def test_custom_ops_flatten_exactly_the_options_fields():
+    """The custom ops are the one place a LogProbOptions becomes scalars: their schema holds one argument per field,
+    in field order, generated from the dataclass (a new field appears here with no edit to ops.py)."""
+    import fastgrpo.ops as ops
+
+    names = [f.name for f in dataclasses.fields(LogProbOptions)]
+    for op in (torch.ops.fastgrpo.linear_logprobs_fwd, torch.ops.fastgrpo.linear_logprobs_bwd):
+        args = [a.name for a in op.default._schema.arguments]
+        start = args.index(names[0])
+        assert args[start : start + len(names)] == names, (op, args)
+        assert not set(names) & set(args[:start] + args[start + len(names) :]), args
+    opts = LogProbOptions(temperature=0.7, logit_scale=1.3, softcap=5.0, ignore_index=-1, return_entropy=True)
+    assert ops._rebuild(ops._flatten(opts)) == opts
+
+
+def _params(fn) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(getattr(fn, "fn", fn)).parameters)
+
+
+def test_every_layer_takes_the_options_object():
+    """Above and below the custom ops, every layer passes the LogProbOptions object, never its fields; the kernels
+    take the logit transform as the ``transform`` / ``TRANSFORM`` tuples that only ``logit_transform`` reads."""
+    from fastgrpo import autograd, backward, ops, reference, torch_backend, triton_backend
+    from fastgrpo_kernels import common, linear_logprobs_bwd, linear_logprobs_fwd
+
+    fields = {"temperature", "logit_scale", "softcap", "return_entropy", "inv_t", "inv_temperature", "HAS_SOFTCAP"}
+    layers = [
+        autograd.LinearLogProbsFunction.forward,
+        ops.logprobs_forward,
+        ops.logprobs_backward,
+        backward.linear_logprobs_backward,
+        backward.softmax_w_backward,
+        torch_backend.forward,
+        torch_backend.backward,
+        triton_backend.forward,
+        triton_backend.backward,
+        reference.reference_linear_logprobs,
+        reference.transform_logits,
+    ]
+    for fn in layers:
+        params = _params(fn)
+        assert "opts" in params or "options" in params, fn
+        assert not fields & set(params) and "ignore_index" not in params, (fn, params)
+    kernels = [
+        linear_logprobs_fwd.linear_logprobs_fwd_kernel,
+        linear_logprobs_fwd.combine_splits_kernel,
+        linear_logprobs_bwd.linear_logprobs_dlogits_kernel,
+    ]
+    for kernel in kernels:
+        params = _params(kernel)
+        assert {"transform", "TRANSFORM"} <= set(params) and not fields & set(params), (kernel, params)
+    assert _params(common.logit_transform) == ["y", "transform", "TRANSFORM"]
+    # The host half of the helper builds both tuples from the options object alone.
+    args = common.transform_args(LogProbOptions(temperature=0.5, logit_scale=2.0, softcap=3.0))
+    assert args == {"transform": (2.0, 3.0, 2.0), "TRANSFORM": (True,)}
+
+
+LAUNCHERS = ["fastgrpo/triton_backend.py", "fastgrpo/grpo/launch.py"]
+
+
+@pytest.mark.parametrize("path", LAUNCHERS)
+def test_kernels_are_launched_with_keyword_arguments(path):
+    """``kernel[grid](...)`` calls pass no positional argument: a reordered or swapped scalar cannot go unnoticed."""
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[1] / path).read_text())
+    launches = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Subscript)]
+    assert launches, f"no kernel launch found in {path}"
+    for call in launches:
+        assert not call.args, f"{path}:{call.lineno}: a kernel launched with positional arguments"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_options_object_equals_option_keywords(backend):
+    case = make_case(6, 16, 37)
+    kw = dict(temperature=0.7, logit_scale=1.3, softcap=4.0, return_entropy=True)
+    a = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, backend=backend, **kw)
+    b = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, backend=backend, options=LogProbOptions(**kw))
+    assert torch.equal(a.logp, b.logp) and torch.equal(a.entropy, b.entropy)
+    with pytest.raises(TypeError, match=r"either options= or option keywords.*temperature"):
+        fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, temperature=0.5, options=LogProbOptions())

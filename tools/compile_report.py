@@ -26,12 +26,15 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from fastgrpo.options import LogProbOptions  # noqa: E402
 from fastgrpo_kernels import configs  # noqa: E402
+from fastgrpo_kernels.common import transform_args  # noqa: E402
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel  # noqa: E402
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel  # noqa: E402
 
 _INT_ARGS = {"N", "H", "V", "v_per_split", "c0", "width", "SPLITS", "ignore_index"}
-_FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
+# The logit transform's arguments with every transform on (softcap included): a tuple of fp32 and a constexpr tuple.
+_TRANSFORM = transform_args(LogProbOptions(softcap=30.0))
 _TL = {"bf16": triton.language.bfloat16, "fp16": triton.language.float16, "fp32": triton.language.float32}
 
 
@@ -52,8 +55,8 @@ def _signature(kernel, dtype: str, ws_dtype: str, boxes: dict) -> dict:
                 sig[p] = "*fp32"
         elif p.startswith("stride_") or p in _INT_ARGS:
             sig[p] = "i64" if p.startswith("stride_") else "i32"
-        elif p in _FLOAT_ARGS:
-            sig[p] = "fp32"
+        elif p == "transform":
+            sig[p] = tuple("fp32" for _ in _TRANSFORM["transform"])
         else:
             sig[p] = "constexpr"
     return sig
@@ -102,7 +105,7 @@ def variants(dtype: str, block_n: int, block_v: int, block_k: int, group_n: int,
             linear_logprobs_fwd_kernel,
             dict(
                 HAS_BIAS=True,
-                HAS_SOFTCAP=True,
+                TRANSFORM=_TRANSFORM["TRANSFORM"],
                 HAS_SOFTMAX_W=softmax_w,
                 HAS_ENTROPY=True,
                 DOT_DTYPE=dot,
@@ -115,7 +118,7 @@ def variants(dtype: str, block_n: int, block_v: int, block_k: int, group_n: int,
         linear_logprobs_dlogits_kernel,
         dict(
             HAS_BIAS=True,
-            HAS_SOFTCAP=True,
+            TRANSFORM=_TRANSFORM["TRANSFORM"],
             HAS_LOGP_GRAD=True,
             HAS_ENTROPY_GRAD=True,
             HAS_BIAS_GRAD=True,
@@ -129,7 +132,7 @@ def variants(dtype: str, block_n: int, block_v: int, block_k: int, group_n: int,
         combine_splits_kernel,
         dict(
             HAS_BIAS=True,
-            HAS_SOFTCAP=True,
+            TRANSFORM=_TRANSFORM["TRANSFORM"],
             HAS_ENTROPY=True,
             HAS_SOFTMAX_W=True,
             DOT_DTYPE=dot,

@@ -2,7 +2,8 @@
 
 Layers: ``fastgrpo_kernels.grpo_loss`` (Triton kernel) -> ``launch.py`` (checks, allocation, launch) /
 ``torch_math.py`` (the same math in torch) -> ``autograd.py`` -> ``api.py`` (``grpo_loss``) and ``fused.py``
-(``fused_linear_grpo_loss``).
+(``fused_linear_grpo_loss``). What each loss type is (kernel kind, normaliser, metrics, needed inputs) is declared
+once, in ``registry.py``; see docs/adding_a_loss_type.md.
 """
 
 from __future__ import annotations

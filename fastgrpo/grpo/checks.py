@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .options import NUM_ITEMS_LOSSES, GRPOLossOptions
+from . import registry
+from .options import GRPOLossOptions
 from .tensors import GRPOTensors
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -73,14 +74,13 @@ def check_grpo_inputs(
         _check_same_shape("entropy_mask", entropy_mask, shape)
     if importance_sampling_ratio is not None:
         _check_tensor("importance_sampling_ratio", importance_sampling_ratio)
-        allowed = [(bsz, seqlen)] if opts.loss_type == "vespo" else [(bsz, seqlen), (bsz, 1)]
+        per_seq = opts.entry.isr_per_sequence
+        allowed = [(bsz, seqlen), (bsz, 1)] if per_seq else [(bsz, seqlen)]
         if tuple(importance_sampling_ratio.shape) not in allowed:
+            why = " or per sequence [B, 1]" if per_seq else f"; {opts.loss_type} needs token-level ratios"
             raise ValueError(
-                f"importance_sampling_ratio must have shape "
-                f"{' or '.join(str(s) for s in allowed)} (per token [B, T]"
-                f"{'' if opts.loss_type == 'vespo' else ' or per sequence [B, 1]'}"
-                f"{'; vespo needs token-level ratios' if opts.loss_type == 'vespo' else ''}), "
-                f"got {tuple(importance_sampling_ratio.shape)}"
+                f"importance_sampling_ratio must have shape {' or '.join(str(s) for s in allowed)} (per token [B, T]"
+                f"{why}), got {tuple(importance_sampling_ratio.shape)}"
             )
 
     if opts.has_kl and ref_per_token_logps is None:
@@ -88,12 +88,12 @@ def check_grpo_inputs(
     if opts.has_entropy_bonus and entropies is None:
         raise ValueError(f"entropy_coef={opts.entropy_coef} adds an entropy bonus: pass entropies ([B, T])")
     num_items = None
-    if opts.loss_type in NUM_ITEMS_LOSSES:
+    if opts.needs_num_items:
         if num_items_in_batch is None:
+            others = registry.names_where(lambda e: "num_items_in_batch" not in e.tensors)
             raise ValueError(
-                f"loss_type={opts.loss_type!r} divides by num_items_in_batch (the number of completion tokens in the "
-                f"generation batch, over all processes): pass num_items_in_batch; loss types that do not need it: "
-                f"('grpo', 'bnpo', 'dr_grpo', 'sapo', 'luspo')"
+                f"loss_type={opts.loss_type!r} divides by {opts.entry.normaliser.divisor}: pass num_items_in_batch; "
+                f"loss types that do not need it: {others}"
             )
         if isinstance(num_items_in_batch, torch.Tensor):
             if num_items_in_batch.numel() != 1:

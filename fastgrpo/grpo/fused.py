@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..api import Backend, linear_logprobs
+from ..options import LogProbOptions
 from .api import grpo_loss, make_options
 from .checks import check_grpo_inputs
 from .output import GRPOLossOutput
@@ -84,6 +85,13 @@ def fused_linear_grpo_loss(
         **{k: tensors.get(k) for k in _TENSOR_ARGS},
     )
 
+    # The head's options, as one object from here to the kernels (validated on construction, before any launch).
+    logprob_options = LogProbOptions(
+        temperature=temperature,
+        logit_scale=logit_scale,
+        softcap=softcap,
+        return_entropy=compute_entropy or opts.has_entropy_bonus,
+    )
     index = (completion_mask.reshape(-1) != 0).nonzero().squeeze(1)  # [n] (one host sync: the valid-token count)
     dense = index.numel() == bsz * seqlen  # no padding: skip the gather / scatter copies
     flat_hidden, flat_ids = hidden.reshape(-1, h), completion_ids.reshape(-1)
@@ -92,10 +100,7 @@ def fused_linear_grpo_loss(
         weight,
         flat_ids if dense else flat_ids.index_select(0, index),
         bias=bias,
-        temperature=temperature,
-        logit_scale=logit_scale,
-        softcap=softcap,
-        return_entropy=compute_entropy or opts.has_entropy_bonus,
+        options=logprob_options,
         backend=backend,
     )
 

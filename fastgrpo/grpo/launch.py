@@ -1,24 +1,37 @@
 """Launcher of the GRPO loss kernel: prepares pointers, allocates (NaN-poisoned) outputs, launches with the block
-sizes and warps of the launch-config resolver."""
+sizes and warps of the launch-config resolver.
+
+The options object is flattened here, once, into the kernel's named arguments; the kernel is launched with keywords
+only, so two arguments of one type (``sapo_t_pos`` / ``sapo_t_neg``, a vespo k / lambda pair) cannot swap places.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
 
 import torch
 import triton
 
-from fastgrpo_kernels.grpo_loss import KIND_CISPO, KIND_PPO_CLIP, KIND_SAPO, KIND_VESPO, grpo_loss_fwd_kernel
+from fastgrpo_kernels.grpo_loss import grpo_loss_fwd_kernel
 
 from .. import launch_config
 from . import layout as L
-from .options import PPO_CLIP_LOSSES, GRPOLossOptions
+from .options import GRPOLossOptions
+from .registry import KernelKind, LossType
 from .tensors import GRPOTensors
 
-_LOSS_KIND = {
-    "cispo": KIND_CISPO,
-    "sapo": KIND_SAPO,
-    "vespo": KIND_VESPO,
-    **dict.fromkeys(PPO_CLIP_LOSSES, KIND_PPO_CLIP),
-}
+
+class LaunchConfig(NamedTuple):
+    block_b: int  # whole rows per program
+    block_t: int  # tokens per tile
+    num_warps: int
+
+
+def _launch_config(per_token_logps: torch.Tensor) -> LaunchConfig:
+    """The GRPO loss kernel's block sizes and warps, from the launch-config resolver (the one place they are chosen)."""
+    cfg = launch_config.current().grpo_loss_config(per_token_logps)
+    return LaunchConfig(*cfg.blocks(*per_token_logps.shape), cfg.num_warps)
 
 
 def _row_major(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -29,10 +42,42 @@ def _row_major(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
-def _launch_config(per_token_logps: torch.Tensor) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_T, num_warps) from the launch-config resolver: whole rows per program."""
-    cfg = launch_config.current().grpo_loss_config(per_token_logps)
-    return (*cfg.blocks(*per_token_logps.shape), cfg.num_warps)
+def _kernel_policy(entry: LossType):
+    """The ``@triton.jit`` policy term of a ``POLICY_FN`` loss type (imported when named as ``"module:attr"``)."""
+    if entry.kind != KernelKind.POLICY_FN:
+        return None
+    fn = entry.kernel_policy
+    if isinstance(fn, str):
+        module, _, attr = fn.partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def option_arguments(opts: GRPOLossOptions) -> dict:
+    """The kernel's scalar and constexpr arguments that come from the options, by the kernel's parameter names."""
+    entry = opts.entry
+    return dict(
+        beta=float(opts.beta),
+        eps_lo=opts.epsilon_low,
+        eps_hi=opts.resolved_epsilon_high,
+        delta=0.0 if opts.delta is None else float(opts.delta),
+        off_policy_threshold=0.0 if opts.off_policy_mask_threshold is None else float(opts.off_policy_mask_threshold),
+        sapo_t_pos=float(opts.sapo_temperature_pos),
+        sapo_t_neg=float(opts.sapo_temperature_neg),
+        vespo_k_pos=float(opts.vespo_k_pos),
+        vespo_lambda_pos=float(opts.vespo_lambda_pos),
+        vespo_k_neg=float(opts.vespo_k_neg),
+        vespo_lambda_neg=float(opts.vespo_lambda_neg),
+        entropy_coef=float(opts.entropy_coef),
+        policy_params=entry.policy_values(opts) or (0.0,),  # a tuple argument cannot be empty
+        HAS_KL=opts.has_kl,
+        HAS_BIAS_CORRECTION=opts.has_kl and opts.use_bias_correction_kl,
+        HAS_DELTA=opts.delta is not None,
+        HAS_OFF_POLICY=opts.off_policy_mask_threshold is not None,
+        SEQ_LEVEL=opts.importance_sampling_level == "sequence",
+        LOSS_KIND=int(entry.kind),
+        POLICY=_kernel_policy(entry),
+    )
 
 
 def grpo_rows_triton(
@@ -53,56 +98,36 @@ def grpo_rows_triton(
         samp = _row_major(x.sampling_per_token_logps)
     ent, emask, mask = _row_major(x.entropies), _row_major(x.entropy_mask), _row_major(x.completion_mask)
     isr = x.importance_sampling_ratio
-    isr_strides = (0, 0) if isr is None else (isr.stride(0), isr.stride(1) if isr.shape[1] > 1 else 0)
     adv = x.advantages.detach().reshape(-1).contiguous()
-    has_kl = opts.has_kl
     dummy = lp  # never read: the matching HAS_* flag is False
-    block_b, block_t, num_warps = _launch_config(lp)
-    grid = (triton.cdiv(bsz, block_b),)
-    grpo_loss_fwd_kernel[grid](
-        lp,
-        dummy if old is None else old,
-        ref if has_kl else dummy,
-        dummy if samp is None else samp,
-        dummy if ent is None else ent,
-        dummy if emask is None else emask,
-        mask,
-        dummy if isr is None else isr,
-        adv,
-        stats,
-        stats if grad_lp is None else grad_lp,
-        stats if grad_ent is None else grad_ent,
-        bsz,
-        seqlen,
-        isr_strides[0],
-        isr_strides[1],
-        float(opts.beta),
-        opts.epsilon_low,
-        opts.resolved_epsilon_high,
-        0.0 if opts.delta is None else float(opts.delta),
-        0.0 if opts.off_policy_mask_threshold is None else float(opts.off_policy_mask_threshold),
-        float(opts.sapo_temperature_pos),
-        float(opts.sapo_temperature_neg),
-        float(opts.vespo_k_pos),
-        float(opts.vespo_lambda_pos),
-        float(opts.vespo_k_neg),
-        float(opts.vespo_lambda_neg),
-        float(opts.entropy_coef),
+    cfg = _launch_config(lp)
+    grpo_loss_fwd_kernel[(triton.cdiv(bsz, cfg.block_b),)](
+        lp_ptr=lp,
+        old_ptr=dummy if old is None else old,
+        ref_ptr=ref if opts.has_kl else dummy,
+        samp_ptr=dummy if samp is None else samp,
+        ent_ptr=dummy if ent is None else ent,
+        emask_ptr=dummy if emask is None else emask,
+        mask_ptr=mask,
+        isr_ptr=dummy if isr is None else isr,
+        adv_ptr=adv,
+        stats_ptr=stats,
+        grad_lp_ptr=stats if grad_lp is None else grad_lp,
+        grad_ent_ptr=stats if grad_ent is None else grad_ent,
+        B=bsz,
+        T=seqlen,
+        stride_isr_b=0 if isr is None else isr.stride(0),
+        stride_isr_t=0 if isr is None or isr.shape[1] == 1 else isr.stride(1),
+        **option_arguments(opts),
         HAS_OLD=old is not None,
-        HAS_KL=has_kl,
-        HAS_BIAS_CORRECTION=has_kl and opts.use_bias_correction_kl,
         HAS_SAMPLING=samp is not None,
         HAS_ISR=isr is not None,
         HAS_ENTROPIES=ent is not None,
         HAS_ENTROPY_MASK=emask is not None,
         HAS_ENTROPY_BONUS=bonus,
-        HAS_DELTA=opts.delta is not None,
-        HAS_OFF_POLICY=opts.off_policy_mask_threshold is not None,
-        SEQ_LEVEL=opts.importance_sampling_level == "sequence",
-        LOSS_KIND=_LOSS_KIND[opts.loss_type],
         COMPUTE_GRAD=compute_grad,
-        BLOCK_B=block_b,
-        BLOCK_T=block_t,
-        num_warps=num_warps,
+        BLOCK_B=cfg.block_b,
+        BLOCK_T=cfg.block_t,
+        num_warps=cfg.num_warps,
     )
     return stats, grad_lp, grad_ent

@@ -5,13 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
-IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+from . import registry
 
-# How each loss type turns the masked per-token losses into a scalar (trl's ``_compute_loss``).
-PER_ROW_MEAN_LOSSES = ("grpo", "sapo")  # per-row masked mean, then batch mean, / gradient_accumulation_steps
-NUM_ITEMS_LOSSES = ("dapo", "cispo", "vespo")  # sum / (num_items_in_batch / num_processes * gas / spg)
-PPO_CLIP_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # min(r * A, clip(r) * A), clip-ratio metrics
+LOSS_TYPES = registry.TRL_LOSS_TYPES  # trl's loss types; fastgrpo.grpo.registry may hold more
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
 def _check_number(name: str, value: object, *, allow_none: bool = False) -> None:
@@ -41,7 +38,7 @@ class GRPOLossOptions:
     step pass ``gradient_accumulation_steps=1`` and ``steps_per_generation=1`` (trl's eval mode).
     """
 
-    loss_type: str = "dapo"
+    loss_type: str = registry.DEFAULT_LOSS_TYPE
     importance_sampling_level: str = "token"
     beta: float = 0.0
     epsilon: float = 0.2
@@ -62,18 +59,17 @@ class GRPOLossOptions:
     num_processes: int = 1
 
     def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        entry = registry.get(self.loss_type)  # ValueError naming the registered types
         if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
             raise ValueError(
                 f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
                 f"got {self.importance_sampling_level!r}"
             )
-        if self.loss_type == "cispo" and self.importance_sampling_level == "sequence":
+        if self.importance_sampling_level == "sequence" and not entry.sequence_level:
             raise ValueError(
-                "loss_type='cispo' clips token-level ratios and is not defined with importance_sampling_level="
-                "'sequence'; use importance_sampling_level='token', or a loss_type in "
-                f"{tuple(t for t in LOSS_TYPES if t != 'cispo')} for sequence-level (GSPO) ratios"
+                f"loss_type={self.loss_type!r} is defined on token-level ratios only, not with "
+                "importance_sampling_level='sequence'; use importance_sampling_level='token', or a loss_type in "
+                f"{registry.names_where(lambda e: e.sequence_level)} for sequence-level (GSPO) ratios"
             )
         for name in (
             "beta",
@@ -91,17 +87,20 @@ class GRPOLossOptions:
             _check_number(name, getattr(self, name), allow_none=True)
         if not isinstance(self.use_bias_correction_kl, bool):
             raise TypeError(f"use_bias_correction_kl must be a bool, got {type(self.use_bias_correction_kl).__name__}")
-        if self.loss_type == "sapo" and (self.sapo_temperature_pos == 0 or self.sapo_temperature_neg == 0):
+        zero = [name for name in entry.nonzero_options if getattr(self, name) == 0]
+        if zero:
             raise ValueError(
-                "sapo_temperature_pos and sapo_temperature_neg must be non-zero (the soft clip divides by them)"
+                f"{' and '.join(entry.nonzero_options)} must be non-zero (loss_type={self.loss_type!r} divides by "
+                f"them), got {', '.join(f'{n}=0' for n in zero)}"
             )
         if self.max_completion_length is not None:
             _check_positive_int("max_completion_length", self.max_completion_length)
-        if self.loss_type == "dr_grpo" and self.max_completion_length is None:
-            raise ValueError(
-                "loss_type='dr_grpo' divides by batch_size * max_completion_length: pass max_completion_length "
-                "(trl's GRPOConfig.max_completion_length)"
-            )
+        for name in entry.required_options:
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"loss_type={self.loss_type!r} divides by {entry.normaliser.divisor}: pass {name} "
+                    f"(trl's GRPOConfig.{name})"
+                )
         _check_positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
         if self.steps_per_generation is not None:
             _check_positive_int("steps_per_generation", self.steps_per_generation)
@@ -133,5 +132,10 @@ class GRPOLossOptions:
         return self.entropy_coef != 0.0
 
     @property
+    def entry(self) -> registry.LossType:
+        """This loss type's declaration in ``fastgrpo.grpo.registry``."""
+        return registry.get(self.loss_type)
+
+    @property
     def needs_num_items(self) -> bool:
-        return self.loss_type in NUM_ITEMS_LOSSES
+        return "num_items_in_batch" in self.entry.tensors

@@ -6,17 +6,12 @@ share ``finalize.py`` and the autograd function. The math is documented once, in
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import layout as L
-from .options import PPO_CLIP_LOSSES, GRPOLossOptions
+from .options import GRPOLossOptions
+from .registry import VESPO_LAMBDA_MIN, VESPO_LOG_RATIO_CLAMP, VESPO_LOG_W_MIN, KernelKind
 from .tensors import GRPOTensors
-
-# trl's clamps: vespo clamps token log-ratios to [-20, 20] and log-weights to [log(1e-8), 20].
-VESPO_LOG_RATIO_CLAMP = 20.0
-VESPO_LOG_W_MIN = math.log(1e-8)
 
 
 def _vespo_phi(adv, log_ratio, mask, isr, opts: GRPOLossOptions):
@@ -27,7 +22,7 @@ def _vespo_phi(adv, log_ratio, mask, isr, opts: GRPOLossOptions):
     log_w = seq.clamp(VESPO_LOG_W_MIN, VESPO_LOG_RATIO_CLAMP)
     nonneg = adv >= 0
     k = torch.where(nonneg, opts.vespo_k_pos, opts.vespo_k_neg)
-    lam = torch.where(nonneg, opts.vespo_lambda_pos, opts.vespo_lambda_neg).clamp(min=1e-4)
+    lam = torch.where(nonneg, opts.vespo_lambda_pos, opts.vespo_lambda_neg).clamp(min=VESPO_LAMBDA_MIN)
     phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
     return torch.where(torch.isfinite(phi), phi, torch.zeros_like(phi))
 
@@ -72,16 +67,18 @@ def grpo_rows_torch(
         mult = mult * ((adv >= 0) | (avg_kl <= opts.off_policy_mask_threshold)).to(f32)
     if x.entropy_mask is not None:
         mult = mult * x.entropy_mask.to(f32)
-    if isr is not None and opts.loss_type != "vespo":
+    entry = opts.entry
+    kind = entry.kind
+    if isr is not None and kind != KernelKind.VESPO:  # vespo folds the ratio into phi instead
         mult = mult * isr
 
     # Policy term P(coef_1, logp), its partial derivative in coef_1 (pc) and its direct one in logp (pd).
     zero = torch.zeros((), dtype=f32, device=lp.device)
-    if opts.loss_type == "cispo":
+    if kind == KernelKind.CISPO:
         clamped = coef_1.clamp(max=eps_hi)
         policy, pc, pd = -clamped * adv * lp, zero, -clamped * adv
         stats[:, L.CISPO_CLIP] = (((coef_1 > eps_hi) & (adv > 0)).to(f32) * mask).sum(-1)
-    elif opts.loss_type in PPO_CLIP_LOSSES:
+    elif kind == KernelKind.PPO_CLIP:
         coef_2 = coef_1.clamp(1 - eps_lo, 1 + eps_hi)
         in_clip = ((coef_1 >= 1 - eps_lo) & (coef_1 <= 1 + eps_hi)).to(f32)
         coef_1d, pass_delta = coef_1, torch.ones_like(coef_1)
@@ -94,11 +91,13 @@ def grpo_rows_torch(
         high = (coef_1d > 1 + eps_hi) & (adv > 0)
         for col, hit in ((L.CLIP_LOW, low), (L.CLIP_HIGH, high), (L.CLIP_REGION, low | high)):
             stats[:, col] = hit.to(f32)[:, 0] if seq else (hit.to(f32) * mask).sum(-1)
-    elif opts.loss_type == "sapo":
+    elif kind == KernelKind.SAPO:
         temp = torch.where(adv > 0, opts.sapo_temperature_pos, opts.sapo_temperature_neg)
         sig = torch.sigmoid(temp * (coef_1 - 1))
         policy, pc, pd = -sig * 4 / temp * adv, -4 * sig * (1 - sig) * adv, zero
-    else:  # vespo
+    elif kind == KernelKind.POLICY_FN:
+        policy, pc, pd = entry.torch_policy(coef_1.expand_as(lp), lp, adv, entry.policy_values(opts))
+    else:  # KernelKind.VESPO
         phi = _vespo_phi(adv[:, 0], log_ratio, mask, isr, opts)[:, None]
         policy, pc, pd = -phi * adv * lp, zero, -phi * adv
         stats[:, L.PHI_SEQ] = phi[:, 0]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..api import LogProbs, linear_logprobs
+from ..options import LogProbOptions
 
 _ATTR = "_fastgrpo_fused_head"
 
@@ -99,17 +100,14 @@ def _head_logprobs(
     want_entropy: bool,
 ) -> LogProbs:
     """``linear_logprobs`` with the head's logit options and backend."""
-    return linear_logprobs(
-        hidden,
-        weight,
-        targets,
-        bias=bias,
+    options = LogProbOptions(
         temperature=config.temperature,
         logit_scale=config.logit_scale,
         softcap=config.softcap,
         return_entropy=want_entropy,
-        backend=config.backend,  # type: ignore[arg-type]
     )
+    backend = config.backend
+    return linear_logprobs(hidden, weight, targets, bias=bias, options=options, backend=backend)  # type: ignore[arg-type]
 
 
 class _GatheredLinearLogProbs(torch.autograd.Function):

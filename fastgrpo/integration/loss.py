@@ -105,7 +105,9 @@ def compute_fused_loss(trainer: Any, model: Any, inputs: dict[str, Any]) -> torc
         is_ratio = inputs.get("importance_sampling_ratio")
     else:
         is_ratio = inputs["importance_sampling_ratio"] if use_is_ratio else None
-    num_items = inputs.get("num_items_in_batch") if trainer.loss_type in ("dapo", "cispo", "vespo") else None
+    from fastgrpo.grpo.registry import NUM_ITEMS_LOSSES
+
+    num_items = inputs.get("num_items_in_batch") if trainer.loss_type in NUM_ITEMS_LOSSES else None
     old = inputs.get("old_per_token_logps")
     out = grpo_loss(
         per_token_logps,
