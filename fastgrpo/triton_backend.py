@@ -17,7 +17,8 @@ from fastgrpo_kernels.common import INTERPRET
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
-from . import tma, tuning
+from . import precision, tma, tuning
+from .gemm import mm_fp32 as _mm_fp32
 from .options import LogProbOptions
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -38,11 +39,11 @@ def _dot_dtype(compute_dtype: torch.dtype):
 
 
 def _dot_precision(compute_dtype: torch.dtype) -> str | None:
-    # fp32 inputs: match torch's default fp32 matmul (no TF32) unless the user enabled TF32 for matmuls.
+    # fp32 inputs: TF32 exactly when torch's own fp32 CUDA matmuls may use it (fastgrpo/precision.py).
     # 16-bit inputs: None, Triton's default (the setting only concerns fp32 operands).
     if compute_dtype != torch.float32:
         return None
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return precision.fp32_dot_precision()
 
 
 @functools.cache
@@ -171,29 +172,6 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         BLOCK_N=cfg.combine_block_n, BLOCK_K=cfg.combine_block_k,
     )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
-
-
-_TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-# `torch.mm(..., out_dtype=torch.float32)` from 16-bit CUDA inputs exists from torch 2.8 on; `torch.addmm` with an
-# fp32 `self` and 16-bit matrices from torch 2.10 on (earlier it requires self and mat2 of one dtype).
-_MM_OUT_DTYPE = _TORCH >= (2, 8)
-_ADDMM_OUT_DTYPE = _TORCH >= (2, 10)
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False):
-    """``a @ b`` accumulated in fp32, without first rounding the product to the inputs' 16-bit dtype: added into
-    ``out`` when ``accumulate``, else written into ``out`` (fp32) or returned (older torch: upcast the operands
-    instead, same result, more memory)."""
-    if _MM_OUT_DTYPE and a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
-        if accumulate and _ADDMM_OUT_DTYPE:
-            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-        if accumulate:
-            return out.add_(torch.mm(a, b, out_dtype=torch.float32))
-        return torch.mm(a, b, out_dtype=torch.float32, out=out)
-    a32, b32 = a.float(), b.float()
-    if accumulate:
-        return out.addmm_(a32, b32)
-    return a32 @ b32 if out is None else torch.mm(a32, b32, out=out)
 
 
 def backward(
