@@ -34,15 +34,13 @@ _HALF = (torch.bfloat16, torch.float16)
 Plan = Literal["addmm_out_dtype", "mm_out_dtype", "upcast"]
 
 
+def _on_cuda(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
 def _native_out_dtype(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether torch's CUDA GEMM can take ``a`` and ``b`` as they are and write fp32 (see the module docstring)."""
-    return (
-        _TORCH >= (2, 8)
-        and a.device.type == "cuda"
-        and torch.version.hip is None
-        and a.dtype in _HALF
-        and b.dtype == a.dtype
-    )
+    return _TORCH >= (2, 8) and _on_cuda(a) and torch.version.hip is None and a.dtype in _HALF and b.dtype == a.dtype
 
 
 def plan(a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> Plan:
