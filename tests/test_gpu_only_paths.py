@@ -13,12 +13,15 @@ import logging
 
 import pytest
 import torch
+import triton
 import triton.language as tl
 from _lp_helpers import make_case, rel_err
 from torch.overrides import TorchFunctionMode
 
 import fastgrpo
-from fastgrpo import gemm, precision, tma, triton_backend, tuning
+from fastgrpo import _log, api, gemm, precision, tma, triton_backend, tuning
+from fastgrpo.grpo import launch as grpo_launch
+from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
 from fastgrpo_kernels import configs
 
@@ -319,6 +322,33 @@ def test_forward_and_backward_launch_inside_the_device_guard(monkeypatch):
     assert guard == {"depth": 0, "devices": [dev, dev]}
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "xpu"])
+def test_gpu_tensors_resolve_to_triton_or_say_why_not(monkeypatch, caplog, device):
+    dev = torch.device(device)
+    assert api.resolve_backend("auto", dev) == "triton"
+    assert api.resolve_backend("triton", dev) == "triton"
+    monkeypatch.setattr(api, "_triton_importable", lambda: False)
+    monkeypatch.setattr(_log, "_said", set())
+    with caplog.at_level(logging.WARNING, logger="fastgrpo"):
+        assert api.resolve_backend("auto", dev) == "torch"  # slower, correct, and said once
+    assert "triton is not importable" in caplog.text
+    with pytest.raises(ValueError, match="needs the triton package"):
+        api.resolve_backend("triton", dev)
+
+
+def test_grpo_loss_tiles_within_the_gpu_budget(monkeypatch):
+    """GRPO loss kernel tiles: at most 1024 elements per program on a GPU (2048 under the interpreter)."""
+    sizes = [(1, 1), (8, 300), (64, 7), (3, 4096), (256, 512), (5, 33)]
+    tiles = {}
+    for interpret in (True, False):
+        monkeypatch.setattr(grpo_launch, "INTERPRET", interpret)
+        tiles[interpret] = [grpo_launch.block_sizes(b, t) for b, t in sizes]
+    for (bsz, seqlen), (bb, bt) in zip(sizes, tiles[False]):
+        assert bb * bt <= 1024 and bt == min(triton.next_power_of_2(seqlen), 512)
+        assert 1 <= bb <= triton.next_power_of_2(bsz) and bb & (bb - 1) == 0
+    assert tiles[False] != tiles[True]  # the GPU branch is the one taken
+
+
 # --- compiled-path operand handling (INTERPRET off) ---------------------------------------------------------------
 
 
@@ -333,6 +363,80 @@ def test_compiled_path_keeps_16_bit_operands(monkeypatch):
     monkeypatch.setattr(triton_backend, "INTERPRET", True)
     assert triton_backend._dot_dtype(torch.bfloat16) == tl.float32
     assert triton_backend._interpreter_operands(torch.bfloat16, x, w)[0].dtype == torch.bfloat16
+
+
+_DLOGITS_ARGS = ("x", "w", "b", "x_desc", "w_desc", "targets", "lse", "entropy", "g_l", "g_h", "ws", "db_part")
+_TORCH_OF = {tl.bfloat16: torch.bfloat16, tl.float16: torch.float16, tl.float32: torch.float32}
+
+
+class _FakeDlogits:
+    """The dL/dy kernel as the compiled launch runs it, computed in fp64 here: operands cast to DOT_DTYPE in
+    registers, dL/dy of columns [c0, c0 + wd) stored in the workspace's dtype, per-row-block bias sums in fp32."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def __getitem__(self, grid):
+        return self.run
+
+    def run(self, *args, **kw):
+        a = dict(zip(_DLOGITS_ARGS, args))
+        c0, wd = args[len(_DLOGITS_ARGS) + 2], args[len(_DLOGITS_ARGS) + 3]
+        assert not kw["HAS_SOFTCAP"] and not kw["USE_TMA"]
+        op = _TORCH_OF[kw["DOT_DTYPE"]]
+        x, w = a["x"].to(op).double(), a["w"][c0 : c0 + wd].to(op).double()
+        scale = kw["logit_scale"] * kw["inv_t"]
+        y = x @ w.T + (a["b"][c0 : c0 + wd].double() if kw["HAS_BIAS"] else 0.0)
+        log_p = y * scale - a["lse"].double()[:, None]
+        p = log_p.exp()
+        dz = torch.zeros_like(p)
+        if kw["HAS_LOGP_GRAD"]:
+            g = a["g_l"].double()[:, None]
+            dz -= g * p
+            local = a["targets"] - c0
+            rows = ((local >= 0) & (local < wd)).nonzero().squeeze(1)
+            dz[rows, local[rows]] += g[rows, 0]
+        if kw["HAS_ENTROPY_GRAD"]:
+            dz -= a["g_h"].double()[:, None] * p * (log_p + a["entropy"].double()[:, None])
+        dy = dz * scale
+        a["ws"][:, :wd] = dy.to(a["ws"].dtype)
+        if kw["HAS_BIAS_GRAD"]:
+            block_n = kw["BLOCK_N"]
+            for rb in range(a["db_part"].shape[0]):
+                a["db_part"][rb, :wd] = dy[rb * block_n : (rb + 1) * block_n].sum(0).float()
+        self.chunks.append((c0, wd, a["ws"].dtype))
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+def test_compiled_backward_with_a_16_bit_workspace(monkeypatch, weight_dtype):
+    """On a GPU the backward keeps dL/dy in the compute dtype (bf16) and feeds it to the gradient GEMMs; under the
+    interpreter it is fp32. Drive the GPU branch with the kernel faked (fp64, stored as bf16)."""
+    fake = _FakeDlogits()
+    monkeypatch.setattr(triton_backend, "INTERPRET", False)
+    monkeypatch.setattr(triton_backend, "linear_logprobs_dlogits_kernel", fake)
+    case = make_case(21, 24, 150, dtype=torch.bfloat16, bias=True)
+    weight = case.weight.to(weight_dtype)
+    opts = LogProbOptions(temperature=0.7, return_entropy=True)
+    leaves = [case.hidden.double(), weight.to(torch.bfloat16).double(), case.bias.double()]
+    leaves = [t.requires_grad_() for t in leaves]
+    logp, ent = reference_linear_logprobs(*leaves[:2], case.targets, leaves[2], opts)
+    valid = (case.targets != -100).double()
+    g_l, g_h = torch.randn(21, dtype=torch.float64) * valid, torch.randn(21, dtype=torch.float64) * valid
+    ref = torch.autograd.grad((logp * g_l + ent * g_h).sum(), leaves)
+    z = (leaves[0] @ leaves[1].T + leaves[2]) / 0.7
+    lse = z.logsumexp(-1).detach().float()
+    # 64-column chunks, three of them: per column, the larger of the [N] bf16 dL/dy column and an fp32 [H] row of
+    # the per-chunk temporaries (the bf16 dW chunk, or the cast weight chunk)
+    with configs.override(workspace_bytes=24 * 4 * 64, poison=True):
+        grads = triton_backend.backward(
+            case.hidden, weight, case.bias, case.targets, lse, ent.detach().float(), g_l.float(), g_h.float(),
+            opts, torch.bfloat16, (True, True, True),
+        )  # fmt: skip
+    assert [c[:2] for c in fake.chunks] == [(0, 64), (64, 64), (128, 22)]
+    assert all(c[2] == torch.bfloat16 for c in fake.chunks)  # the compute dtype, not the interpreter's fp32
+    assert [g.dtype for g in grads] == [torch.bfloat16, weight_dtype, torch.bfloat16]
+    for got, want in zip(grads, ref):
+        assert rel_err(got, want) < 1e-2  # dL/dy rounded to bf16 once
 
 
 # --- TMA descriptors (fastgrpo/tma.py) ----------------------------------------------------------------------------
@@ -359,8 +463,6 @@ def compiled_tma(monkeypatch, caplog):
     """tma.descriptors as on a GPU (INTERPRET off), with the device's TMA support injected."""
     monkeypatch.setattr(tma, "INTERPRET", False)
     caplog.set_level(logging.INFO, logger="fastgrpo")
-    from fastgrpo import _log
-
     monkeypatch.setattr(_log, "_said", set())  # each test sees its own once-per-process message
     return lambda capable: monkeypatch.setattr(tma, "tma_capable", lambda device: capable)
 
