@@ -500,3 +500,58 @@ def test_tma_descriptor_for_fp32_only_with_tf32(compiled_tma, torch_precision):
     torch.set_float32_matmul_precision("high")
     x_desc, w_desc = triton_backend._descriptors(cfg, x, w, torch.float32)
     assert x_desc is not None and w_desc is not None
+
+
+# --- the same branches on a real GPU (marked gpu: skipped without CUDA) -------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [False, True])
+def test_gpu_fp32_head_follows_the_tf32_setting(torch_precision, tf32):
+    """The setting as transformers writes it, on the device: the fp32 launch runs (commit 1785a1e raised with TF32
+    on) and is as close to fp64 as torch's own fp32 matmul under the same setting."""
+    if NEW_PRECISION_API:
+        torch.backends.fp32_precision = "tf32" if tf32 else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(333, 1024, device="cuda", generator=g)
+    w = torch.randn(32000, 1024, device="cuda", generator=g) * (3.0 / 32)
+    t = torch.randint(0, 32000, (333,), device="cuda", generator=g)
+    out = fastgrpo.linear_logprobs(x, w, t, backend="triton")
+    ref, _ = reference_linear_logprobs(x.double(), w.double(), t)
+    eager = torch.log_softmax(x @ w.T, -1).gather(-1, t[:, None])[:, 0]
+    assert rel_err(out.logp, ref) <= max(3 * rel_err(eager, ref), 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_out_dtype_gemms_on_this_torch(dtype):
+    dy, w, x = (t.cuda() for t in _gemm_operands(dtype))
+    expected = "addmm_out_dtype" if gemm._TORCH >= (2, 10) else "mm_out_dtype" if gemm._TORCH >= (2, 8) else "upcast"
+    assert gemm.plan(dy, w, accumulate=True) == ("upcast" if torch.version.hip else expected)
+    grad_x = torch.randn(13, 20, device="cuda")
+    ref_dx = grad_x.double() + dy.double() @ w.double()
+    gemm.mm_fp32(dy, w, out=grad_x, accumulate=True)
+    grad_w = torch.full((40, 20), float("nan"), device="cuda")
+    gemm.mm_fp32(dy.T, x, out=grad_w[3:40])
+    returned = gemm.mm_fp32(dy.T, x)
+    ref_dw = dy.double().T @ x.double()
+    assert rel_err(grad_x, ref_dx) < 1e-5
+    assert rel_err(grad_w[3:40], ref_dw) < 1e-5 and grad_w[:3].isnan().all()
+    assert returned.dtype == torch.float32 and rel_err(returned, ref_dw) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_launch_on_a_device_that_is_not_current():
+    case = make_case(37, 64, 301, dtype=torch.bfloat16)
+    hidden, weight = case.hidden.to("cuda:1").requires_grad_(), case.weight.to("cuda:1").requires_grad_()
+    with torch.cuda.device(0):
+        out = fastgrpo.linear_logprobs(hidden, weight, case.targets.to("cuda:1"), backend="triton")
+        gx, gw = torch.autograd.grad(out.logp.sum(), [hidden, weight])
+    leaves = [case.hidden.double().requires_grad_(), case.weight.double().requires_grad_()]
+    ref, _ = reference_linear_logprobs(*leaves, case.targets)
+    ref_gx, ref_gw = torch.autograd.grad(ref.sum(), leaves)
+    assert rel_err(out.logp.cpu(), ref) < 1e-2
+    assert rel_err(gx.cpu(), ref_gx) < 2e-2 and rel_err(gw.cpu(), ref_gw) < 2e-2
