@@ -103,8 +103,13 @@ def forward(
 
 
 def _on_device(device: torch.device):
-    """Triton launches on the current CUDA device: make it the tensors' (e.g. cuda:1 while cuda:0 is current)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """Triton launches on the current device (``driver.active.get_current_device()``): make it the tensors' (e.g.
+    cuda:1 while cuda:0 is current). ``torch.xpu.device`` exists from torch 2.4 on, like ``torch.cuda.device``."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    if device.type == "xpu":
+        return torch.xpu.device(device)
+    return contextlib.nullcontext()
 
 
 def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:

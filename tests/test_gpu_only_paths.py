@@ -279,14 +279,15 @@ class _DeviceGuard:
         _DeviceGuard.depth -= 1
 
 
-def test_launch_device_guard_is_the_tensors_device(monkeypatch):
+@pytest.mark.parametrize("kind", ["cuda", "xpu"])
+def test_launch_device_guard_is_the_tensors_device(monkeypatch, kind):
     monkeypatch.setattr(_DeviceGuard, "entered", [])
-    monkeypatch.setattr(torch.cuda, "device", _DeviceGuard)
-    with triton_backend._on_device(torch.device("cuda", 1)):
+    monkeypatch.setattr(getattr(torch, kind), "device", _DeviceGuard)
+    with triton_backend._on_device(torch.device(kind, 1)):
         assert _DeviceGuard.depth == 1
     with triton_backend._on_device(torch.device("cpu")):
         assert _DeviceGuard.depth == 0
-    assert _DeviceGuard.entered == [torch.device("cuda", 1)]
+    assert _DeviceGuard.entered == [torch.device(kind, 1)]
 
 
 @pytest.mark.interpreter
