@@ -10,14 +10,15 @@ What torch offers, read in its sources:
   ``at::Context::allowTF32CuBLAS()``, i.e. ``float32_matmul_precision != HIGHEST`` (``aten/src/ATen/Context.cpp``);
   ``torch/backends/cuda/__init__.py`` has no ``fp32_precision`` there (checked in the 2.5.0 and 2.8.0 wheels).
 - torch >= 2.9: ``torch.backends.cuda.matmul.fp32_precision`` (``torch/backends/cuda/__init__.py``, class
-  ``cuBLASModule``) returns ``Context::float32Precision(cuda, matmul)``, which resolves ``"none"`` through
-  ``cuda.all`` and then ``torch.backends.fp32_precision`` (the generic setting transformers' ``enable_tf32`` writes);
-  it answers ``"tf32"``, ``"ieee"``, or ``"none"`` when nothing was set (torch's default: exact fp32). torch's own
-  cuBLAS GEMMs switch to TF32 on exactly ``float32Precision(CUDA, MATMUL) == TF32`` (``CUDABlas.cpp``), and the
-  legacy setters write this setting too (``setAllowTF32CuBLAS``, ``setFloat32MatmulPrecision``), so it is the one
-  source of truth. The legacy getter is not: ``allowTF32CuBLAS()`` raises "mix of the legacy and new APIs" whenever
-  the two disagree, e.g. after ``torch.backends.fp32_precision = "tf32"`` (checked in the 2.9.0 / 2.10.0 sources and
-  on torch 2.13).
+  ``cuBLASModule``, in the 2.9.0 and 2.10.0 wheels) returns ``Context::float32Precision(cuda, matmul)``, which
+  resolves ``"none"`` through ``cuda.all`` and then ``torch.backends.fp32_precision`` (the generic setting that
+  transformers' ``enable_tf32`` writes); it answers ``"tf32"``, ``"ieee"``, or ``"none"`` when nothing was set
+  (torch's default: exact fp32). torch's cuBLAS GEMMs use TF32 exactly when ``float32Precision(CUDA, MATMUL) ==
+  TF32`` (``aten/src/ATen/cuda/CUDABlas.cpp``), and the legacy setters write this setting too
+  (``setAllowTF32CuBLAS``, ``setFloat32MatmulPrecision``), so it is the one source of truth. The legacy getter is
+  not: ``allowTF32CuBLAS()`` raises "mix of the legacy and new APIs" whenever the two disagree, e.g. after
+  ``torch.backends.fp32_precision = "tf32"``. Read in ``Context.cpp`` (its string-keyed form, as in the 2.9.0
+  wheel's ``Context.h``, and its enum-keyed form, as from 2.10.0) and run on torch 2.13.
 """
 
 from __future__ import annotations
