@@ -42,6 +42,15 @@ def unsupported_reason(t: torch.Tensor, block: tuple[int, int]) -> str | None:
     return None
 
 
+def tma_capable(device: torch.device) -> bool:
+    """Whether ``device`` is an NVIDIA GPU with TMA (sm_90+). The capability of ``device`` itself, not of the current
+    device. ROCm also reports ``device.type == "cuda"``, with its gfx version as the "capability" (9.4 for MI300):
+    not an SM number, and no TMA, so ROCm gets pointer loads."""
+    if device.type != "cuda" or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def descriptors(
     hidden: torch.Tensor, weight: torch.Tensor, block_n: int, block_v: int, block_k: int, exact_fp32: bool
 ) -> tuple[object | None, object | None]:
@@ -51,8 +60,8 @@ def descriptors(
         reason = "this triton has no triton.tools.tensor_descriptor (needs triton >= 3.4)"
     elif exact_fp32 and not INTERPRET:
         reason = "exact fp32 dots run on FMAs, where TMA tiles cost registers and spill"
-    elif not INTERPRET and (hidden.device.type != "cuda" or torch.cuda.get_device_capability(hidden.device)[0] < 9):
-        reason = "TMA needs an sm_90 or newer GPU"
+    elif not INTERPRET and not tma_capable(hidden.device):
+        reason = "TMA needs an NVIDIA sm_90 or newer GPU"
     else:
         reason = unsupported_reason(hidden, (block_n, block_k)) or unsupported_reason(weight, (block_v, block_k))
     if reason is not None:

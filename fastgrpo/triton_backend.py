@@ -16,7 +16,8 @@ from fastgrpo_kernels.common import INTERPRET, transform_args
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
-from . import launch_config, tma
+from . import launch_config, precision, tma
+from .gemm import mm_fp32 as _mm_fp32
 from .options import LogProbOptions
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -37,11 +38,11 @@ def _dot_dtype(compute_dtype: torch.dtype):
 
 
 def _dot_precision(compute_dtype: torch.dtype) -> str | None:
-    # fp32 inputs: match torch's default fp32 matmul (no TF32) unless the user enabled TF32 for matmuls.
+    # fp32 inputs: TF32 exactly when torch's own fp32 CUDA matmuls may use it (fastgrpo/precision.py).
     # 16-bit inputs: None, Triton's default (the setting only concerns fp32 operands).
     if compute_dtype != torch.float32:
         return None
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return precision.fp32_dot_precision()
 
 
 def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
@@ -85,8 +86,13 @@ def forward(
 
 
 def _on_device(device: torch.device):
-    """Triton launches on the current CUDA device: make it the tensors' (e.g. cuda:1 while cuda:0 is current)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """Triton launches on the current device (``driver.active.get_current_device()``): make it the tensors' (e.g.
+    cuda:1 while cuda:0 is current). ``torch.xpu.device`` exists from torch 2.4 on, like ``torch.cuda.device``."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    if device.type == "xpu":
+        return torch.xpu.device(device)
+    return contextlib.nullcontext()
 
 
 def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:
@@ -154,29 +160,6 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
     )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
-
-
-_TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-# `torch.mm(..., out_dtype=torch.float32)` from 16-bit CUDA inputs exists from torch 2.8 on; `torch.addmm` with an
-# fp32 `self` and 16-bit matrices from torch 2.10 on (earlier it requires self and mat2 of one dtype).
-_MM_OUT_DTYPE = _TORCH >= (2, 8)
-_ADDMM_OUT_DTYPE = _TORCH >= (2, 10)
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False):
-    """``a @ b`` accumulated in fp32, without first rounding the product to the inputs' 16-bit dtype: added into
-    ``out`` when ``accumulate``, else written into ``out`` (fp32) or returned (older torch: upcast the operands
-    instead, same result, more memory)."""
-    if _MM_OUT_DTYPE and a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
-        if accumulate and _ADDMM_OUT_DTYPE:
-            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-        if accumulate:
-            return out.add_(torch.mm(a, b, out_dtype=torch.float32))
-        return torch.mm(a, b, out_dtype=torch.float32, out=out)
-    a32, b32 = a.float(), b.float()
-    if accumulate:
-        return out.addmm_(a32, b32)
-    return a32 @ b32 if out is None else torch.mm(a32, b32, out=out)
 
 
 def backward(

@@ -16,6 +16,7 @@ import triton
 from fastgrpo_kernels.grpo_loss import grpo_loss_fwd_kernel
 
 from .. import launch_config
+from ..triton_backend import _on_device
 from . import layout as L
 from .options import GRPOLossOptions
 from .registry import KernelKind, LossType
@@ -101,33 +102,35 @@ def grpo_rows_triton(
     adv = x.advantages.detach().reshape(-1).contiguous()
     dummy = lp  # never read: the matching HAS_* flag is False
     cfg = _launch_config(lp)
-    grpo_loss_fwd_kernel[(triton.cdiv(bsz, cfg.block_b),)](
-        lp_ptr=lp,
-        old_ptr=dummy if old is None else old,
-        ref_ptr=ref if opts.has_kl else dummy,
-        samp_ptr=dummy if samp is None else samp,
-        ent_ptr=dummy if ent is None else ent,
-        emask_ptr=dummy if emask is None else emask,
-        mask_ptr=mask,
-        isr_ptr=dummy if isr is None else isr,
-        adv_ptr=adv,
-        stats_ptr=stats,
-        grad_lp_ptr=stats if grad_lp is None else grad_lp,
-        grad_ent_ptr=stats if grad_ent is None else grad_ent,
-        B=bsz,
-        T=seqlen,
-        stride_isr_b=0 if isr is None else isr.stride(0),
-        stride_isr_t=0 if isr is None or isr.shape[1] == 1 else isr.stride(1),
-        **option_arguments(opts),
-        HAS_OLD=old is not None,
-        HAS_SAMPLING=samp is not None,
-        HAS_ISR=isr is not None,
-        HAS_ENTROPIES=ent is not None,
-        HAS_ENTROPY_MASK=emask is not None,
-        HAS_ENTROPY_BONUS=bonus,
-        COMPUTE_GRAD=compute_grad,
-        BLOCK_B=cfg.block_b,
-        BLOCK_T=cfg.block_t,
-        num_warps=cfg.num_warps,
-    )
+    # Triton launches on the current device: make it the tensors' (e.g. cuda:1 under device_map="auto").
+    with _on_device(lp.device):
+        grpo_loss_fwd_kernel[(triton.cdiv(bsz, cfg.block_b),)](
+            lp_ptr=lp,
+            old_ptr=dummy if old is None else old,
+            ref_ptr=ref if opts.has_kl else dummy,
+            samp_ptr=dummy if samp is None else samp,
+            ent_ptr=dummy if ent is None else ent,
+            emask_ptr=dummy if emask is None else emask,
+            mask_ptr=mask,
+            isr_ptr=dummy if isr is None else isr,
+            adv_ptr=adv,
+            stats_ptr=stats,
+            grad_lp_ptr=stats if grad_lp is None else grad_lp,
+            grad_ent_ptr=stats if grad_ent is None else grad_ent,
+            B=bsz,
+            T=seqlen,
+            stride_isr_b=0 if isr is None else isr.stride(0),
+            stride_isr_t=0 if isr is None or isr.shape[1] == 1 else isr.stride(1),
+            **option_arguments(opts),
+            HAS_OLD=old is not None,
+            HAS_SAMPLING=samp is not None,
+            HAS_ISR=isr is not None,
+            HAS_ENTROPIES=ent is not None,
+            HAS_ENTROPY_MASK=emask is not None,
+            HAS_ENTROPY_BONUS=bonus,
+            COMPUTE_GRAD=compute_grad,
+            BLOCK_B=cfg.block_b,
+            BLOCK_T=cfg.block_t,
+            num_warps=cfg.num_warps,
+        )
     return stats, grad_lp, grad_ent
