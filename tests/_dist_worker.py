@@ -1,8 +1,8 @@
 """Worker for test_distributed_engines.py: trains stock trl and FastGRPOTrainer under one engine, in one launch.
 
-Usage: python -m torch.distributed.run --nproc_per_node 2 tests/_dist_worker.py ENGINE MODELS_DIR OUT_DIR [RUNS]
-ENGINE is one of _dist_engines.ENGINES; every run of _dist_engines.RUNS[ENGINE] trains stock trl, then fastgrpo
-(fp32, SGD, 2 steps, dapo, num_iterations 2). Rank 0 writes OUT_DIR/ENGINE/{run}-{stock,fast}.pt with the log
+Usage: python -m torch.distributed.run --nproc_per_node 2 tests/_dist_worker.py LAUNCH MODELS_DIR OUT_DIR [RUNS]
+LAUNCH is one of _dist_engines.LAUNCHES; every run of _dist_engines.RUNS[LAUNCH] trains stock trl, then fastgrpo
+(fp32, SGD, 2 steps, dapo, num_iterations 2). Rank 0 writes OUT_DIR/{kind}-{run}-{stock,fast}.pt with the log
 history, the full (gathered) trained parameters and facts showing the engine was really active.
 """
 
@@ -99,7 +99,7 @@ def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, mo
 
     cls, extra = (GRPOTrainer, {}) if trainer_name == "stock" else (FastGRPOTrainer, {"fastgrpo_backend": "torch"})
     args = base_config(
-        str(out / f"run-{run}-{trainer_name}"),
+        str(out / f"run-{kind}-{run}-{trainer_name}"),
         loss_type="dapo",
         beta=beta,
         num_iterations=2,
@@ -129,7 +129,7 @@ def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, mo
     weights = _full_parameters(trainer)
     if int(os.environ["RANK"]) == 0:
         record = {"logs": trainer.state.log_history, "weights": weights, "facts": facts}
-        torch.save(record, out / f"{run}-{trainer_name}.pt")
+        torch.save(record, out / f"{kind}-{run}-{trainer_name}.pt")
     del trainer
     # Each run builds its own Accelerator: forget the previous engine's state, keep the process group.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -144,22 +144,21 @@ def main() -> None:
     from _dist_engines import RUNS
 
     transformers.logging.set_verbosity_error()
-    engine, models_dir, out_root = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    out = out_root / engine
+    launch, models_dir, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
-    if engine.startswith("fsdp"):
+    if launch == "fsdp2":
         import _dist_fsdp_cpu
 
         _dist_fsdp_cpu.install()
-    if engine.startswith("zero"):
+    if launch == "deepspeed":
         import deepspeed.ops
 
         # DeepSpeed JIT-builds its shared-memory all-reduce op on the first CPU launch (minutes of g++); only inference
         # tensor parallelism uses it (`inference_all_reduce`), training collectives go through torch.distributed.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    only = sys.argv[4] if len(sys.argv) > 4 else ""  # optional: comma-separated run names, to debug one run
-    for run, variant, kind, beta in RUNS[engine]:
-        if only and run not in only.split(","):
+    only = sys.argv[4] if len(sys.argv) > 4 else ""  # optional: comma-separated KIND-RUN names, to debug one run
+    for run, variant, kind, beta in RUNS[launch]:
+        if only and f"{kind}-{run}" not in only.split(","):
             continue
         for trainer_name in ("stock", "fast"):
             _train(run, variant, kind, beta, trainer_name, models_dir, out)
