@@ -87,6 +87,28 @@ class _FullTensorCalls:
         DTensor.full_tensor = self._original  # type: ignore[method-assign]
 
 
+class _count_own_gathers:  # noqa: N801 - used like a function
+    """Counts fastgrpo's own ZeRO-3 gather path (a head not gathered by DeepSpeed when the fused head reads it)."""
+
+    def __init__(self) -> None:
+        import fastgrpo.integration.head as head
+
+        self.count = 0
+        self._original = head._GatheredLinearLogProbs.apply
+        counter = self
+
+        def apply(*args: Any) -> Any:
+            counter.count += 1
+            return counter._original(*args)
+
+        head._GatheredLinearLogProbs.apply = apply  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        import fastgrpo.integration.head as head
+
+        head._GatheredLinearLogProbs.apply = self._original  # type: ignore[method-assign]
+
+
 def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, models_dir: Path, out: Path) -> None:
     import torch
     from _dist_engines import engine_kwargs
@@ -111,6 +133,7 @@ def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, mo
         **engine_kwargs(kind),
     )
     calls = _FullTensorCalls()
+    own_gathers = _count_own_gathers()
     try:
         # The model goes in as a path, as a user's hub id would: under ZeRO-3 trl loads it inside zero.Init.
         trainer = cls(
@@ -123,8 +146,10 @@ def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, mo
         trainer.train()
     finally:
         calls.close()
+        own_gathers.close()
     facts = _engine_facts(trainer, kind)
     facts["full_tensor_calls"] = calls.count
+    facts["fastgrpo_zero3_gathers"] = own_gathers.count
     facts["full_tensor_grad_placements"] = sorted(set(calls.grad_placements))
     weights = _full_parameters(trainer)
     if int(os.environ["RANK"]) == 0:
