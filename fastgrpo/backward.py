@@ -9,7 +9,7 @@ import torch
 
 from ._log import log_once
 from .options import LogProbOptions
-from .torch_backend import acc_dtype
+from .torch_backend import acc_dtype, check_weight_in_backward
 
 
 def linear_logprobs_backward(
@@ -29,6 +29,7 @@ def linear_logprobs_backward(
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients for (hidden, weight, bias), each None when not needed."""
+    check_weight_in_backward(hidden, weight)  # before any path, the Triton backend's included
     need_x, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
     acc = acc_dtype(compute_dtype)
     valid = (targets != opts.ignore_index).to(acc)

@@ -126,6 +126,20 @@ def forward(
     return logp, entropy, lse, softmax_w, target_scale
 
 
+def check_weight_in_backward(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """The forward checked ``weight`` as [V, H]; raise if it has no rows now instead of returning wrong gradients.
+
+    A parameter released between forward and backward (DeepSpeed ZeRO-3 partitions it to 0 elements outside a
+    gather) is still the saved tensor, with its data gone.
+    """
+    if weight.dim() != 2 or weight.shape[0] == 0 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)} in the backward of linear_logprobs, expected [V, H] with V > 0 "
+            f"and H={hidden.shape[-1]}: the weight was released or resharded after the forward (e.g. a DeepSpeed "
+            "ZeRO-3 partitioned lm_head outside deepspeed.zero.GatheredParameters); gather it for the backward too"
+        )
+
+
 def backward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -141,6 +155,7 @@ def backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients for (hidden, weight, bias) by recomputing the logit tiles; each None when not needed.
     The frozen-head and no-gradient cases are handled before this (``fastgrpo.backward``)."""
+    check_weight_in_backward(hidden, weight)
     need_x, need_w, need_b = needs
     n_tok, h = hidden.shape
     vocab = weight.shape[0]

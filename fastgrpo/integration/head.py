@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.utils import ModelOutput
 
 from ..api import LogProbs, linear_logprobs
 from ..options import LogProbOptions
@@ -36,8 +37,14 @@ class FusedHeadConfig:
 
 
 @dataclass
-class FusedHeadOutput:
-    """Same fields as trl's ``FusedCausalLMOutput`` that trl's GRPO code reads; per-token fields are 0 at -100."""
+class FusedHeadOutput(ModelOutput):
+    """Same fields as trl's ``FusedCausalLMOutput`` that trl's GRPO code reads; per-token fields are 0 at -100.
+
+    A ``ModelOutput`` (a dict) as trl's is, not a plain dataclass: DeepSpeed ZeRO-3 finds the tensors of a module's
+    output only in tuples, lists and dicts, and hooks them to gather that module's parameters again before its
+    backward. The head weight is gathered for the forward as an external parameter of the causal LM; without those
+    hooks the backward would read it partitioned (0 elements).
+    """
 
     loss: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None
@@ -47,9 +54,6 @@ class FusedHeadOutput:
     log_sum_sq_probs: None = None
     mean_logits: None = None
     is_top1: None = None
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
 
 
 def head_logit_transform(text_config: Any) -> tuple[float | None, float]:
@@ -182,6 +186,23 @@ def project_logprobs(
     return logp, (entropy if want_entropy else None)
 
 
+def _gather_sharded_head(param: torch.Tensor | None) -> torch.Tensor | None:
+    """An FSDP2 head parameter still sharded (a DTensor) when the fused head reads it, gathered whole.
+
+    That happens when the lm_head is an FSDP unit of its own: the fused head reads ``lm_head.weight`` without calling
+    the lm_head module, so the unit's hooks never unshard it and never reduce its gradient. ``full_tensor()``'s
+    default backward keeps each rank's own gradient for its shard; ``Partial("avg")`` makes the backward a
+    reduce-scatter averaging over ranks, as FSDP2's own reduction (and DDP's all-reduce) does. A head gathered by its
+    unit (accelerate puts [final norm, lm_head] and a tied embedding in one unit, unsharded during the forward) is a
+    plain tensor here and is reduced by FSDP2 alone, so no gradient is averaged twice.
+    """
+    from torch.distributed.tensor import DTensor, Partial
+
+    if not isinstance(param, DTensor):
+        return param
+    return param.full_tensor(grad_placements=[Partial("avg")] * len(param.placements))
+
+
 def _backbone_attr(model: Any) -> str:
     import transformers
     from packaging.version import Version
@@ -297,13 +318,7 @@ def _fused_forward(
     if config.cast_lm_head_to_fp32:
         hidden_states = hidden_states.float()
         autocast_ctx = torch.autocast(hidden_states.device.type, enabled=False)
-    # FSDP2 shards parameters as DTensors while the backbone output is a plain tensor: gather the head once here.
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(weight, DTensor):
-        weight = weight.full_tensor()
-        if bias is not None and isinstance(bias, DTensor):
-            bias = bias.full_tensor()
+    weight, bias = _gather_sharded_head(weight), _gather_sharded_head(bias)
     # Only labelled positions are projected: prompt and padding rows cost no matmul work.
     n_valid = int(mask.sum())
     if n_valid == 0:
