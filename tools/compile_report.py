@@ -24,6 +24,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -70,7 +71,6 @@ MAX_WARPS_PER_SM: dict[int, int] = {75: 32, 80: 64, 86: 48, 89: 48, 90: 64, 100:
 CI_ARCHS: dict[str, tuple[int, ...]] = {"3.9": tuple(ARCHS), "3.6": (80, 90)}
 # Targets whose GPU tests passed on real hardware: arch -> "GPU, date". None yet.
 RUN_ON_GPU: dict[int, str] = {}
-MIN_VERSIONS = "torch >= 2.10, triton >= 3.6"  # pyproject.toml's floor (why: its comment there)
 
 _TL = {
     "bf16": triton.language.bfloat16,
@@ -441,7 +441,13 @@ def support_matrix() -> str:
         triton_served = any(c == "Triton" for c in cells[3:])
         cells += [_ci_tritons(arch) if triton_served else "n/a", RUN_ON_GPU.get(arch, "never")]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\nMinimum versions: " + ", ".join(f"{k} >= {v}" for k, v in floors().items()) + "."
+
+
+def floors() -> dict[str, str]:
+    """pyproject.toml's declared floors for torch and triton."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    return {name: re.search(rf'"{name}>=([0-9.]+)"', text).group(1) for name in ("torch", "triton")}
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
