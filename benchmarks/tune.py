@@ -2,15 +2,16 @@
 
     python -m benchmarks.tune [--out DIR] [--hidden 896 1536 3584] [--tokens 4096 16384] [--budget-s 480]
 
-For each (H, N) and kernel family ("fwd", "fwd_softmax_w", "bwd") it times ``configs.candidates(kind)`` on random
+For each (H, N) and kernel family ("fwd", "fwd_softmax_w", "bwd") it times the resolver's candidates on random
 bf16 inputs with V = 151936 (``triton.testing.do_bench``, median), checks each candidate's outputs against the
 default config's (a candidate that computes something else is an error, not a tuning result), and keeps the
 fastest. Then, per shape, it times a frozen head's forward + backward through the public API with the
 softmax@W identity and with the recompute backward (using the configs just chosen), and records the faster route.
 
-Writes ``<out>/<arch>.json`` (e.g. ``sm90.json``: copy it to ``kernels/tuned/`` and commit it; the library then
-uses it on that architecture), ``<out>/tune.md`` (the table) and ``<out>/tune_log.jsonl`` (every timing). Shapes
-that would start after ``--budget-s`` are skipped, and the table holds what was finished. Needs a CUDA device.
+Writes ``<out>/<arch>.json`` (the architecture family, e.g. ``sm90.json``: copy it to ``kernels/tuned/`` and commit
+it; the library then uses it on that family), ``<out>/tune.md`` (the table) and ``<out>/tune_log.jsonl`` (every
+timing). Shapes that would start after ``--budget-s`` are skipped, and the table holds what was finished. Needs a
+CUDA device.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ def _inputs(n: int, h: int, vocab: int, seed: int):
 
 def _runner(kind: str, x, w, t, g):
     """``run(cfg) -> tensors to compare`` for one kernel family, on fixed inputs."""
-    from fastgrpo import triton_backend
+    from fastgrpo import launch_config, triton_backend
     from fastgrpo.options import LogProbOptions
-    from fastgrpo_kernels import configs
 
     bf16 = torch.bfloat16
     opts = LogProbOptions(return_entropy=True)
@@ -64,7 +64,8 @@ def _runner(kind: str, x, w, t, g):
             return (logp, ent, sw) if softmax_w else (logp, ent)
 
         return run
-    _, ent, lse, _, _ = triton_backend._forward(configs.get_config("fwd"), x, w, None, t, opts, bf16, False)
+    fwd_cfg = launch_config.current().resolve("fwd", "bf16", device=x.device, n=x.shape[0], h=x.shape[1])
+    _, ent, lse, _, _ = triton_backend._forward(fwd_cfg, x, w, None, t, opts, bf16, False)
 
     def run(cfg):  # trainable head: dX and dW
         gx, gw, _ = triton_backend._backward(
@@ -76,12 +77,13 @@ def _runner(kind: str, x, w, t, g):
 
 
 def tune_kind(kind: str, n: int, h: int, vocab: int, log) -> dict:
-    from fastgrpo import tuning
-    from fastgrpo_kernels import configs
+    from fastgrpo import launch_config, tuning
 
     x, w, t, g = _inputs(n, h, vocab, seed=n + h)
     run = _runner(kind, x, w, t, g)
-    pool = configs.candidates(kind)
+    resolver = launch_config.current()
+    fixed = resolver.resolve(kind, "bf16", device=DEVICE, n=n, h=h, vocab=vocab)
+    pool = list(dict.fromkeys([fixed, *resolver.candidates(kind, "bf16")]))  # the fixed config first
     reference = run(pool[0])
     timings = []
     for cfg in pool:
@@ -118,8 +120,7 @@ def tune_kind(kind: str, n: int, h: int, vocab: int, log) -> dict:
 def frozen_route(n: int, h: int, vocab: int, log) -> dict:
     """A frozen head's forward + d/dhidden through the public API: softmax@W identity vs recompute backward."""
     import fastgrpo
-    from fastgrpo import tuning
-    from fastgrpo_kernels import configs
+    from fastgrpo import launch_config, tuning
 
     x, w, t, g = _inputs(n, h, vocab, seed=7 * n + h)
     x.requires_grad_()
@@ -131,7 +132,7 @@ def frozen_route(n: int, h: int, vocab: int, log) -> dict:
     ms = {}
     grads = {}
     for identity in (True, False):
-        with configs.override(frozen_identity=identity):
+        with launch_config.override(kinds=("frozen_route",), softmax_w_identity=identity):
             grads[identity] = step()
             ms[identity] = tuning.measure_ms(step, DEVICE)
     err = _rel(grads[True], grads[False])
@@ -200,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks.tune needs a CUDA device", file=sys.stderr)
         return 2
-    from fastgrpo import tuning
-    from fastgrpo_kernels import configs
+    from fastgrpo import launch_config
 
-    arch = tuning.device_arch(DEVICE) or "cpu-interpreter"
+    arch = launch_config.current().arch(DEVICE) or "cpu-interpreter"
     args.out.mkdir(parents=True, exist_ok=True)
     info = describe(DEVICE.type)
     log_file = (args.out / "tune_log.jsonl").open("a")
@@ -222,12 +222,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for kind in args.kinds:
             entries.append(tune_kind(kind, n, h, args.vocab, log))
-        # The route timing uses the configs just chosen: point the library at the table written so far.
+        # The route timing uses the configs just chosen: a resolver reading the table written so far.
         write_table(args.out, arch, entries, info)
-        configs.TUNED_DIR = args.out
-        configs.tuned_table.cache_clear()
         if "fwd_softmax_w" in args.kinds:
-            entries.append(frozen_route(n, h, args.vocab, log))
+            with launch_config.use(launch_config.LaunchConfigResolver(tuned_dir=args.out)):
+                entries.append(frozen_route(n, h, args.vocab, log))
         write_table(args.out, arch, entries, info)
     print((args.out / "tune.md").read_text())
     print(f"{time.monotonic() - start:.0f} s; copy {args.out / (arch + '.json')} to kernels/tuned/ to ship it")

@@ -37,6 +37,21 @@ def _triton_importable() -> bool:
     return True
 
 
+def _unsupported_reason(device: torch.device) -> str | None:
+    from .launch_config import unsupported_reason  # imports triton
+
+    return unsupported_reason(device)
+
+
+def _unless_unsupported(device: torch.device) -> str:
+    """The Triton backend, or the torch path (said once) on a GPU the kernels do not support (older than sm_75)."""
+    reason = _unsupported_reason(device)
+    if reason is None:
+        return "triton"
+    log_once(f"unsupported-gpu|{reason}", f"fastgrpo: {reason}; using the slower chunked torch path")
+    return "torch"
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Map ``backend`` to "triton" or "torch" for tensors on ``device``, or raise a ValueError saying why not."""
     if backend not in BACKENDS:
@@ -52,10 +67,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 set before triton is imported; "
                 "use backend='torch' or 'auto' on CPU"
             )
+        if (reason := _unsupported_reason(device)) is not None:
+            raise ValueError(f"backend='triton': {reason}")
         return "triton"
     if gpu or (device.type == "cpu" and triton_interpreter_enabled()):
         if _triton_importable():
-            return "triton"
+            return _unless_unsupported(device)
         log_once("no-triton", "fastgrpo: triton is not importable; using the slower chunked torch path")
     return "torch"
 
@@ -112,9 +129,9 @@ def linear_logprobs(
     frozen_head = not weight.requires_grad and (bias is None or not bias.requires_grad)
     accumulate_softmax_w = torch.is_grad_enabled() and hidden.requires_grad and frozen_head
     if accumulate_softmax_w and impl == "triton":
-        from . import triton_backend  # the tuned table may route this shape to the recompute backward
+        from . import launch_config  # a tuned table may route this shape to the recompute backward
 
-        accumulate_softmax_w = triton_backend.frozen_head_identity(flat_hidden, compute_dtype)
+        accumulate_softmax_w = launch_config.current().frozen_head_identity(flat_hidden, compute_dtype)
     logp, entropy = LinearLogProbsFunction.apply(
         flat_hidden, weight, bias, flat_targets, opts, compute_dtype, impl, accumulate_softmax_w
     )

@@ -6,7 +6,6 @@ Same contract as ``torch_backend.forward`` / ``backward``; the custom ops pick o
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import triton
@@ -17,7 +16,7 @@ from fastgrpo_kernels.common import INTERPRET
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
-from . import tma, tuning
+from . import launch_config, tma
 from .options import LogProbOptions
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -43,17 +42,6 @@ def _dot_precision(compute_dtype: torch.dtype) -> str | None:
     if compute_dtype != torch.float32:
         return None
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
-
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _device_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return 4  # interpreter / other devices: a few splits, to exercise the combine
 
 
 def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
@@ -98,7 +86,7 @@ def forward(
     kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
     run = lambda cfg: _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w)  # noqa: E731
     with _on_device(hidden.device):
-        return tuning.launch(kind, run, **_launch_shape(hidden, weight, compute_dtype))
+        return launch_config.current().launch(kind, run, **_launch_shape(hidden, weight, compute_dtype))
 
 
 def _on_device(device: torch.device):
@@ -107,21 +95,15 @@ def _on_device(device: torch.device):
 
 
 def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:
-    """What selects a launch config: operand precision, sizes, device."""
+    """What selects a launch config: operand precision ("tf32" for fp32 operands on tensor cores), sizes, device."""
+    precision = "tf32" if _dot_precision(compute_dtype) == "tf32" else _DTYPE_NAMES[compute_dtype]
     return dict(
-        fp32_operands=_dot_precision(compute_dtype) == "ieee",
-        dtype=_DTYPE_NAMES[compute_dtype],
+        precision=precision,
         n=hidden.shape[0],
         h=hidden.shape[1],
         vocab=weight.shape[0],
         device=hidden.device,
     )
-
-
-def frozen_head_identity(hidden: torch.Tensor, compute_dtype: torch.dtype) -> bool:
-    """Frozen head: accumulate softmax(z) @ W in the forward (True) or recompute the logits in the backward."""
-    n, h = hidden.shape
-    return configs.frozen_head_identity(n, h, tuning.device_arch(hidden.device), _DTYPE_NAMES[compute_dtype])
 
 
 def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w):
@@ -136,8 +118,11 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     if n == 0:
         return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale
 
+    resolver = launch_config.current()
+    shape = _launch_shape(hidden, weight, compute_dtype)
+    combine = resolver.resolve("combine", shape.pop("precision"), **shape)
     row_blocks = triton.cdiv(n, cfg.block_n)
-    splits = configs.num_splits(cfg, n, h, vocab, _device_sms(dev), accumulate_softmax_w)
+    splits = configs.num_splits(cfg, n, h, vocab, resolver.num_sms(dev), accumulate_softmax_w)
     v_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)  # every split non-empty
     part = _empty((3, splits, n), dev, f32, cfg.poison)  # m, s, t
@@ -162,13 +147,13 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    combine_splits_kernel[(triton.cdiv(n, cfg.combine_block_n),)](
+    combine_splits_kernel[(triton.cdiv(n, combine.block_n),)](
         part[0], part[1], part[2], part_acc, hidden, weight, b_arg, targets,
         logp, entropy if opts.return_entropy else logp, lse,
         softmax_w if accumulate_softmax_w else logp, target_scale if accumulate_softmax_w else logp,
         n, h, vocab, splits, opts.ignore_index, *strides,
         **scalars, **flags, HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
-        BLOCK_N=cfg.combine_block_n, BLOCK_K=cfg.combine_block_k,
+        BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
     )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
 
@@ -216,7 +201,8 @@ def backward(
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     args = (hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, compute_dtype, needs, out_dtypes)
     with _on_device(hidden.device):
-        return tuning.launch("bwd", lambda cfg: _backward(cfg, *args), **_launch_shape(hidden, weight, compute_dtype))
+        shape = _launch_shape(hidden, weight, compute_dtype)
+        return launch_config.current().launch("bwd", lambda cfg: _backward(cfg, *args), **shape)
 
 
 def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, compute_dtype, needs, out_dtypes):

@@ -1,36 +1,53 @@
-"""Launch configurations: a fixed table by default, per-device tuned tables when measured, autotuning opt-in.
-
-Resolution, for one launch of kernel family ``kind`` ("fwd", "fwd_softmax_w" or "bwd") at a shape:
-
-1. the interpreter config under ``TRITON_INTERPRET=1``; otherwise
-2. the nearest entry of the tuned table for the device's architecture (``tuned/sm90.json``, written on a GPU by
-   ``python -m benchmarks.tune``), or the built-in default for the operand precision when there is none;
-3. ``fastgrpo.tuning`` may replace that with an autotuned choice among ``candidates(kind, ...)`` (opt-in);
-4. ``override(...)`` fields win over all of these (tests force several vocabulary splits and a small backward
-   workspace at tiny shapes; tuning scripts try variants).
+"""Launch-config data: one dataclass per kernel family, the interpreter's configs, the autotuning candidates, the
+tuned tables' format. No state and no decisions: ``fastgrpo.launch_config`` resolves which config a launch uses
+(in the order its ``LaunchConfigResolver.resolve`` documents); the per-architecture defaults are in
+``arch_configs.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import math
 import pathlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from .common import INTERPRET
+from . import arch_configs
 
-Kind = Literal["fwd", "fwd_softmax_w", "bwd"]
-KINDS: tuple[str, ...] = ("fwd", "fwd_softmax_w", "bwd")
+Kind = Literal["fwd", "fwd_softmax_w", "bwd", "combine", "grpo_loss", "frozen_route"]
+# The lm_head GEMM kernels: forward, frozen-head forward (+ softmax@W), dL/dy. Only these are autotuned.
+TUNABLE_KINDS: tuple[str, ...] = ("fwd", "fwd_softmax_w", "bwd")
+# Every kind the resolver answers: kernel families, and the frozen-head route (which of two kernel paths runs).
+KINDS: tuple[str, ...] = (*TUNABLE_KINDS, "combine", "grpo_loss", "frozen_route")
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32", "tf32")
 TUNED_DIR = pathlib.Path(__file__).resolve().parent / "tuned"
 
 
+class _Fields:
+    """Shared by the config dataclasses: the tuned tables' dict format."""
+
+    def to_dict(self) -> dict:
+        """The fields that differ from the defaults (the tuned tables' and autotune cache's format)."""
+        default = type(self)()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+    @classmethod
+    def from_dict(cls, fields: dict):
+        unknown = set(fields) - field_names(cls)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**fields)
+
+
 @dataclass(frozen=True)
-class KernelConfig:
+class KernelConfig(_Fields):
+    """The lm_head GEMM kernels (``fwd``, ``fwd_softmax_w``, ``bwd``)."""
+
     block_n: int = 128  # rows per program
     block_v: int = 128  # vocabulary columns per tile
     block_k: int = 64  # hidden-dimension step of the projection
@@ -40,8 +57,6 @@ class KernelConfig:
     # Load tiles through Hopper TMA tensor descriptors (sm_90+, 16-bit or tf32 operands, 16-byte aligned rows);
     # elsewhere the launcher uses pointer loads and says so once.
     use_tma: bool = False
-    combine_block_n: int = 64
-    combine_block_k: int = 128
     # Vocabulary splits for the forward; None: enough programs to fill the device (about 2 per SM), and at least
     # min_splits so that programs running together share weight tiles (grouped order) even when N is large.
     num_splits: int | None = None
@@ -68,40 +83,92 @@ class KernelConfig:
             text += f" workspace_bytes={self.workspace_bytes >> 20}M"
         return text
 
-    def to_dict(self) -> dict:
-        """The fields that differ from the defaults (the tuned tables' format)."""
-        default = KernelConfig()
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
 
-    @classmethod
-    def from_dict(cls, fields: dict) -> KernelConfig:
-        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")
-        return cls(**fields)
+@dataclass(frozen=True)
+class CombineConfig(_Fields):
+    """The forward's combine of vocabulary splits (``combine``)."""
+
+    block_n: int = 64  # rows per program
+    block_k: int = 128  # hidden-dimension step of the target-logit dot and the softmax@W rescale
+    num_warps: int = 4
+
+    def label(self) -> str:
+        return f"{self.block_n}x{self.block_k} w{self.num_warps}"
 
 
-# Hopper-class defaults for 16-bit operands: 128x128x64 tiles, 8 warps, 3 stages compile for sm_90 to wgmma with
-# pipelined async copies and no spills (tools/compile_report.py; tests/test_kernel_compile.py).
-GPU_CONFIG = KernelConfig()
-# fp32 operands (e.g. trl's cast_lm_head_to_fp32) use exact fp32 FMAs, not tensor cores: smaller tiles to stay
-# within the register file.
-GPU_CONFIG_FP32 = KernelConfig(block_n=64, block_v=64, block_k=16, num_warps=8, num_stages=3)
+@dataclass(frozen=True)
+class GRPOLossConfig(_Fields):
+    """The GRPO loss kernel (``grpo_loss``): whole rows per program, tiles of at most ``max_tile`` elements."""
+
+    max_block_t: int = 512  # tokens per tile (a row longer than this loops)
+    max_tile: int = 1024  # BLOCK_B * BLOCK_T
+    num_warps: int = 4
+
+    def blocks(self, bsz: int, seqlen: int) -> tuple[int, int]:
+        """(BLOCK_B, BLOCK_T) for a [bsz, seqlen] batch: powers of two, as ``tl.arange`` needs."""
+        block_t = min(_next_pow2(seqlen), self.max_block_t)
+        block_b = min(_next_pow2(bsz), max(1, self.max_tile // block_t))
+        return block_b, block_t
+
+    def label(self) -> str:
+        return f"t<={self.max_block_t} tile<={self.max_tile} w{self.num_warps}"
+
+
+@dataclass(frozen=True)
+class FrozenRoute(_Fields):
+    """A frozen head's route: accumulate softmax(z) @ W in the forward (no backward pass over V), or recompute the
+    logits in the backward. The identity does 4NHV instead of 6NHV but read-modify-writes an fp32 [rows, H]
+    accumulator per vocabulary tile; a tuned table may route shapes where that traffic loses to the recompute."""
+
+    softmax_w_identity: bool = True
+
+    def label(self) -> str:
+        return "identity" if self.softmax_w_identity else "recompute"
+
+
+CONFIG_CLASSES: dict[str, type] = {
+    "fwd": KernelConfig,
+    "fwd_softmax_w": KernelConfig,
+    "bwd": KernelConfig,
+    "combine": CombineConfig,
+    "grpo_loss": GRPOLossConfig,
+    "frozen_route": FrozenRoute,
+}
+
+
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 # The interpreter runs one program after another in numpy: small blocks so tiny test shapes span several blocks.
-INTERPRETER_CONFIG = KernelConfig(
-    block_n=16,
-    block_v=32,
-    block_k=16,
-    num_warps=4,
-    num_stages=1,
-    combine_block_n=16,
-    combine_block_k=16,
-    programs_per_sm=1,
-)
+INTERPRETER_CONFIGS: dict[str, object] = {
+    **dict.fromkeys(
+        TUNABLE_KINDS,
+        KernelConfig(block_n=16, block_v=32, block_k=16, num_warps=4, num_stages=1, programs_per_sm=1),
+    ),
+    "combine": CombineConfig(block_n=16, block_k=16, num_warps=4),
+    "grpo_loss": GRPOLossConfig(max_tile=2048),  # fewer, larger numpy steps
+    "frozen_route": FrozenRoute(),
+}
+INTERPRETER_CONFIG = INTERPRETER_CONFIGS["fwd"]
+
+# The sm_90 defaults, which the autotuning candidates below were checked against.
+GPU_CONFIG = KernelConfig(**arch_configs.default("sm90", "fwd", "bf16"))
+GPU_CONFIG_FP32 = KernelConfig(**arch_configs.default("sm90", "fwd", "fp32"))
 
 
 def _tiles(*shapes: tuple[int, int, int, int, int], **fields) -> list[KernelConfig]:
@@ -112,7 +179,7 @@ def _tiles(*shapes: tuple[int, int, int, int, int], **fields) -> list[KernelConf
 
 # Autotuning candidates: only shapes that compile for sm_90 with no register spills and pipelined loads (bf16: on
 # wgmma), per `python tools/compile_report.py --candidates [--dtype fp32] --check`, which
-# tests/test_kernel_compile.py runs. The default comes first.
+# tests/test_kernel_compile.py runs. The sm_90 default comes first (the resolver puts the device's default before).
 _GPU_CANDIDATES: dict[str, list[KernelConfig]] = {
     "fwd": [GPU_CONFIG]
     + _tiles(
@@ -151,105 +218,45 @@ _INTERPRETER_CANDIDATES = [INTERPRETER_CONFIG] + [
 ]
 
 
-def candidates(kind: Kind, fp32_operands: bool = False) -> list[KernelConfig]:
-    """Configs the autotuner times for ``kind`` (the default first), with any ``override`` fields applied."""
-    _check_kind(kind)
-    base = _INTERPRETER_CANDIDATES if INTERPRET else (_FP32_CANDIDATES if fp32_operands else _GPU_CANDIDATES)[kind]
-    return list(dict.fromkeys(apply_overrides(c) for c in base))  # overrides may make candidates equal
+def candidates(kind: str, precision: str = "bf16", *, interpret: bool | None = None) -> list[KernelConfig]:
+    """The configs the autotuner may time for ``kind`` (no overrides applied; empty for kinds it does not tune).
+    ``interpret``: None follows TRITON_INTERPRET."""
+    check_kind(kind)
+    check_precision(precision)
+    if kind not in TUNABLE_KINDS:
+        return []
+    if interpret is None:
+        from .common import INTERPRET
+
+        interpret = INTERPRET
+    if interpret:
+        return list(_INTERPRETER_CANDIDATES)
+    return list((_FP32_CANDIDATES if precision == "fp32" else _GPU_CANDIDATES)[kind])
 
 
-def dtype_name(fp32_operands: bool, bits16: str = "bf16") -> str:
-    return "fp32" if fp32_operands else bits16
+def tuned_table(arch: str, tuned_dir: pathlib.Path | None = None) -> tuple[dict, ...]:
+    """Entries of ``<tuned_dir>/<arch>.json`` (default: the shipped ``tuned/``; empty when none was measured)."""
+    path = (TUNED_DIR if tuned_dir is None else pathlib.Path(tuned_dir)) / f"{arch}.json"
+    if not path.is_file():
+        return ()
+    stat = path.stat()
+    return _parse_table(str(path), stat.st_mtime_ns, stat.st_size)  # re-read when the file changes
 
 
 @functools.cache
-def tuned_table(arch: str) -> tuple[dict, ...]:
-    """Entries of ``tuned/<arch>.json`` (empty when none was measured for that architecture)."""
-    path = TUNED_DIR / f"{arch}.json"
-    if not path.is_file():
-        return ()
-    data = json.loads(path.read_text())
-    entries = tuple(data.get("entries", ()))
-    for e in entries:
-        if e.get("kind") in KINDS:
-            KernelConfig.from_dict(e.get("config", {}))  # fail at load on a malformed table, not mid-training
-    return entries
+def _parse_table(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    entries = []
+    for e in json.loads(pathlib.Path(path).read_text()).get("entries", ()):
+        if e.get("kind") not in KINDS:
+            raise ValueError(f"{path}: unknown kind {e.get('kind')!r} (kinds: {KINDS})")
+        if e["kind"] == "frozen_route" and "config" not in e:  # the tuner records a route as {"identity": bool}
+            e = {**e, "config": {"softmax_w_identity": bool(e["identity"])}}
+        CONFIG_CLASSES[e["kind"]].from_dict(e.get("config", {}))  # fail at load on a malformed table, not mid-run
+        entries.append(e)
+    return tuple(entries)
 
 
-def _nearest(entries, n: int, h: int) -> dict | None:
-    """The entry measured at the shape closest to (n, h): hidden size first (it sets the work per tile), then N."""
-    if not entries:
-        return None
-    dist = lambda e: (abs(math.log(e["h"] / h)), abs(math.log(e["n"] / max(n, 1))))  # noqa: E731
-    return min(entries, key=dist)
-
-
-def get_config(
-    kind: Kind = "fwd",
-    fp32_operands: bool = False,
-    *,
-    n: int = 0,
-    h: int = 0,
-    arch: str | None = None,
-    dtype: str = "bf16",
-) -> KernelConfig:
-    """The launch config for ``kind`` at (n, h) on ``arch`` (e.g. "sm90"; None: no tuned table), plus overrides."""
-    _check_kind(kind)
-    if INTERPRET:
-        base = INTERPRETER_CONFIG
-    else:
-        base = GPU_CONFIG_FP32 if fp32_operands else GPU_CONFIG
-        if arch is not None and n > 0 and h > 0:
-            name = dtype_name(fp32_operands, dtype)
-            entry = _nearest([e for e in tuned_table(arch) if e["kind"] == kind and e["dtype"] == name], n, h)
-            if entry is not None:
-                base = KernelConfig.from_dict(entry["config"])
-    return apply_overrides(base)
-
-
-def frozen_head_identity(n: int, h: int, arch: str | None, dtype: str = "bf16") -> bool:
-    """Whether a frozen head accumulates softmax(z) @ W in the forward (no backward pass over V) or recomputes the
-    logits in the backward. The identity does 4NHV instead of 6NHV but read-modify-writes an fp32 [rows, H]
-    accumulator per vocabulary tile; a tuned table may route shapes where that traffic loses to the recompute."""
-    if INTERPRET or arch is None or "frozen_identity" in _overrides:
-        return bool(_overrides.get("frozen_identity", True))
-    routes = [e for e in tuned_table(arch) if e["kind"] == "frozen_route" and e["dtype"] == dtype]
-    entry = _nearest(routes, n, h)
-    return True if entry is None else bool(entry["identity"])
-
-
-_overrides: dict = {}
-
-
-def apply_overrides(cfg: KernelConfig) -> KernelConfig:
-    fields = {k: v for k, v in _overrides.items() if k != "frozen_identity"}
-    return dataclasses.replace(cfg, **fields) if fields else cfg
-
-
-def has_overrides() -> bool:
-    return bool(_overrides)
-
-
-@contextlib.contextmanager
-def override(**fields) -> Iterator[None]:
-    """Temporarily replace config fields, e.g. ``with override(num_splits=3, poison=True): ...``.
-
-    ``frozen_identity=False`` also routes frozen heads to the recompute backward."""
-    unknown = set(fields) - {f.name for f in dataclasses.fields(KernelConfig)} - {"frozen_identity"}
-    if unknown:
-        raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")
-    saved = dict(_overrides)
-    _overrides.update(fields)
-    try:
-        yield
-    finally:
-        _overrides.clear()
-        _overrides.update(saved)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+tuned_table.cache_clear = _parse_table.cache_clear  # type: ignore[attr-defined]
 
 
 def num_splits(cfg: KernelConfig, n: int, h: int, vocab: int, num_sms: int, softmax_w: bool) -> int:

@@ -63,9 +63,9 @@ def kernel_overrides(backend: str, **fields):
     if backend != "triton":
         yield
         return
-    from fastgrpo_kernels import configs
+    from fastgrpo import launch_config
 
     defaults = dict(num_splits=3, workspace_bytes=37 * 4 * 96, poison=True)
     defaults.update(fields)
-    with configs.override(**defaults):
+    with launch_config.override(**defaults):
         yield

@@ -16,6 +16,7 @@ import pytest
 import torch
 from _grpo_trl import compare_with_trl, run_trl_compute_loss, trl_loss
 
+from fastgrpo import launch_config
 from fastgrpo.grpo import LOSS_TYPES, GRPOLossOptions, GRPOLossOutput, fused_linear_grpo_loss, grpo_loss
 from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
@@ -310,7 +311,7 @@ def test_fused_bf16_against_float64(mode):
 
     # ours (NaN-poisoned outputs and workspaces: an element no kernel writes fails every comparison)
     leaves = _leaves(p, requires)
-    with configs.override(poison=True):
+    with launch_config.override(poison=True):
         out = fused_linear_grpo_loss(
             *leaves,
             ids,
@@ -385,7 +386,7 @@ def test_fused_memory_bounded_and_deterministic(mode):
     logits_bytes = n * V * 2  # the bf16 [n, V] logits eager torch would materialize (fp32: twice that)
     assert bound < logits_bytes // 3, (bound / MiB, logits_bytes / MiB)  # the bound itself is far below them
     results = []
-    with configs.override(workspace_bytes=ws, softmax_w_bytes=sw):
+    with launch_config.override(workspace_bytes=ws, softmax_w_bytes=sw):
         for i in range(3):
             (out, grads), peak_extra = _peak_extra_bytes(step)
             results.append((out, grads))

@@ -11,7 +11,7 @@ import torch
 from _lp_helpers import rel_err
 
 import fastgrpo
-from fastgrpo import tuning
+from fastgrpo import launch_config, tuning
 from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
 from fastgrpo_kernels import configs
@@ -54,7 +54,7 @@ MODES = {  # requires_grad of (hidden, weight, bias), and whether an entropy gra
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("tma", [False, True], ids=["ptr", "tma"])
 def test_real_sizes_against_float64(h, dtype, mode, tma):
-    with configs.override(use_tma=tma, poison=True):
+    with launch_config.override(use_tma=tma, poison=True):
         _check_against_float64(h, dtype, mode)
 
 
@@ -115,12 +115,12 @@ def test_deterministic_and_memory_bounded(n):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("kind", configs.KINDS)
+@pytest.mark.parametrize("kind", configs.TUNABLE_KINDS)
 def test_every_autotune_candidate_on_gpu(kind):
     """Every config the opt-in autotuner may pick (they were compiled, never run, on the machine that chose them)."""
     mode = {"fwd": "trainable", "fwd_softmax_w": "frozen-identity", "bwd": "trainable"}[kind]
     for cfg in configs.candidates(kind):
-        with configs.override(**cfg.to_dict(), poison=True):
+        with launch_config.override(**cfg.to_dict(), poison=True):
             _check_against_float64(896, torch.bfloat16, mode, n=1000)
 
 
@@ -129,7 +129,7 @@ def test_autotune_end_to_end_on_gpu(tmp_path):
     try:
         for mode in MODES:
             _check_against_float64(896, torch.bfloat16, mode, n=700)
-        assert {k.split("|")[0] for k in tuning.chosen()} == set(configs.KINDS)
+        assert {k.split("|")[0] for k in tuning.chosen()} == set(configs.TUNABLE_KINDS)
     finally:
         tuning.disable_autotune()
         tuning.clear_choices()

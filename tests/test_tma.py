@@ -14,10 +14,9 @@ import torch
 from _lp_helpers import make_case, rel_err
 
 import fastgrpo
-from fastgrpo import tma
+from fastgrpo import launch_config, tma
 from fastgrpo.options import LogProbOptions
 from fastgrpo.reference import reference_linear_logprobs
-from fastgrpo_kernels import configs
 
 pytestmark = pytest.mark.interpreter
 REL = 2e-5
@@ -35,7 +34,7 @@ def built(monkeypatch):
 def _run(case, *, requires, overrides, softcap=None, entropy_grad=False):
     leaves = {"hidden": case.hidden, "weight": case.weight, "bias": case.bias}
     ours = {k: None if v is None else v.clone().requires_grad_(k in requires) for k, v in leaves.items()}
-    with configs.override(poison=True, **overrides):
+    with launch_config.override(poison=True, **overrides):
         out = fastgrpo.linear_logprobs(
             ours["hidden"], ours["weight"], case.targets, bias=ours["bias"], softcap=softcap, return_entropy=True
         )
@@ -43,7 +42,7 @@ def _run(case, *, requires, overrides, softcap=None, entropy_grad=False):
     g_h = torch.randn(case.targets.shape, dtype=torch.float64) if entropy_grad else torch.zeros_like(g)
     names = [k for k in requires if ours[k] is not None]
     loss = (out.logp * g.float()).sum() + ((out.entropy * g_h.float()).sum() if entropy_grad else 0)
-    with configs.override(poison=True, **overrides):
+    with launch_config.override(poison=True, **overrides):
         grads = torch.autograd.grad(loss, [ours[k] for k in names])
     return [out.logp, out.entropy, *grads], names, (g, g_h)
 
@@ -87,10 +86,10 @@ def test_tma_matches_reference_and_pointer_loads(requires, entropy_grad, splits,
 
 def test_tma_bf16_matches_pointer_loads(built):
     case = make_case(37, 64, 301, dtype=torch.bfloat16)
-    with configs.override(num_splits=3, use_tma=True, poison=True):
+    with launch_config.override(num_splits=3, use_tma=True, poison=True):
         a = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, return_entropy=True)
     assert len(built) == 2
-    with configs.override(num_splits=3, poison=True):
+    with launch_config.override(num_splits=3, poison=True):
         b = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, return_entropy=True)
     assert torch.equal(a.logp, b.logp) and torch.equal(a.entropy, b.entropy)
 
@@ -100,7 +99,7 @@ def test_tma_unusable_falls_back_to_pointer_loads_and_says_so(caplog, built):
     case = make_case(21, 36, 150, dtype=torch.bfloat16)
     assert "row pitch" in tma.unsupported_reason(case.hidden, (16, 16))
     tma_requested = dict(use_tma=True, poison=True)
-    with caplog.at_level(logging.INFO, logger="fastgrpo"), configs.override(**tma_requested):
+    with caplog.at_level(logging.INFO, logger="fastgrpo"), launch_config.override(**tma_requested):
         out = fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets)
     assert any("use_tma requested but" in r.getMessage() and "row pitch" in r.getMessage() for r in caplog.records)
     assert not built

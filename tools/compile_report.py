@@ -410,11 +410,7 @@ def candidate_jobs(precision: str) -> list[Job]:
     """Every autotuning candidate of every GEMM family, for sm_90 (the tuner runs only where it is enabled)."""
     jobs = []
     for family in GEMM_FAMILIES:
-        if "precision" in inspect.signature(configs.candidates).parameters:
-            base = configs.candidates(family, precision)
-        else:  # the resolver before arch_configs
-            base = configs.candidates(family, fp32_operands=precision == "fp32")
-        for cfg in base:
+        for cfg in configs.candidates(family, precision, interpret=False):
             keep = ("block_n", "block_v", "block_k", "group_n", "num_warps", "num_stages", "use_tma")
             p = {k: getattr(cfg, k) for k in keep}
             jobs.append(Job(90, precision, family, "tma" if cfg.use_tma else "ptr", tuple(sorted(p.items()))))

@@ -1,13 +1,14 @@
-"""Launcher of the GRPO loss kernel: prepares pointers, allocates (NaN-poisoned) outputs, picks block sizes."""
+"""Launcher of the GRPO loss kernel: prepares pointers, allocates (NaN-poisoned) outputs, launches with the block
+sizes and warps of the launch-config resolver."""
 
 from __future__ import annotations
 
 import torch
 import triton
 
-from fastgrpo_kernels.common import INTERPRET
 from fastgrpo_kernels.grpo_loss import KIND_CISPO, KIND_PPO_CLIP, KIND_SAPO, KIND_VESPO, grpo_loss_fwd_kernel
 
+from .. import launch_config
 from . import layout as L
 from .options import PPO_CLIP_LOSSES, GRPOLossOptions
 from .tensors import GRPOTensors
@@ -28,13 +29,10 @@ def _row_major(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
-def block_sizes(bsz: int, seqlen: int) -> tuple[int, int]:
-    """(BLOCK_B, BLOCK_T): whole rows per program; tiles of at most 1024 elements on a GPU (about 25 live fp32
-    tiles: 8 elements per thread each at 4 warps), 2048 under the interpreter (fewer, larger numpy steps)."""
-    block_t = min(triton.next_power_of_2(seqlen), 512)
-    budget = 2048 if INTERPRET else 1024
-    block_b = min(triton.next_power_of_2(bsz), max(1, budget // block_t))
-    return block_b, block_t
+def _launch_config(per_token_logps: torch.Tensor) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_T, num_warps) from the launch-config resolver: whole rows per program."""
+    cfg = launch_config.current().grpo_loss_config(per_token_logps)
+    return (*cfg.blocks(*per_token_logps.shape), cfg.num_warps)
 
 
 def grpo_rows_triton(
@@ -59,7 +57,7 @@ def grpo_rows_triton(
     adv = x.advantages.detach().reshape(-1).contiguous()
     has_kl = opts.has_kl
     dummy = lp  # never read: the matching HAS_* flag is False
-    block_b, block_t = block_sizes(bsz, seqlen)
+    block_b, block_t, num_warps = _launch_config(lp)
     grid = (triton.cdiv(bsz, block_b),)
     grpo_loss_fwd_kernel[grid](
         lp,
@@ -105,6 +103,6 @@ def grpo_rows_triton(
         COMPUTE_GRAD=compute_grad,
         BLOCK_B=block_b,
         BLOCK_T=block_t,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return stats, grad_lp, grad_ent
