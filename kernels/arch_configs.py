@@ -126,6 +126,12 @@ def _family(frozen_16: dict, tf32: dict, frozen_tf32: dict) -> dict[str, dict[st
     }
 
 
+# Families no Triton kernel serves (every entry None): the torch path for the whole device, and why (logged once;
+# backend="triton" raises with it).
+TORCH_PATH: dict[str, str] = {
+    "sm75": "Triton lowers no matmul to tensor cores on sm_75 (T4, RTX 20xx), and sm_75 has no bf16 tensor cores",
+}
+
 DEFAULTS: dict[str, dict[str, dict[str, dict | None]]] = {
     # T4 / RTX 20xx: Triton (3.6 and 3.9) lowers no dot to tensor-core MMA on sm_75, fp16 included (FMAs; every
     # GEMM kernel spills kilobytes per thread), and sm_75 has no bf16 tensor cores: the chunked torch path (cuBLAS)

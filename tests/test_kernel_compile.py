@@ -25,6 +25,7 @@ pytest.importorskip("triton.backends.nvidia")
 def _load_report():
     spec = importlib.util.spec_from_file_location("compile_report", ROOT / "tools" / "compile_report.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("compile_report", module)  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
@@ -112,10 +113,43 @@ def test_jobs_cover_the_matrix_with_the_tables_launch_parameters():
     assert tma and tma <= ptr
 
 
-def test_sm75_is_the_torch_path():
-    """T4: Triton has no tensor-core lowering on sm_75, so no Triton kernel is listed there."""
+def test_torch_path_families_have_no_triton_entry():
+    """A family in arch_configs.TORCH_PATH (sm75) has no Triton entry at all, every other family has all of them."""
+    for family, kernels in cr.arch_configs.DEFAULTS.items():
+        entries = [e for by_precision in kernels.values() for e in by_precision.values()]
+        if family in cr.arch_configs.TORCH_PATH:
+            assert all(e is None for e in entries), family
+        else:
+            assert all(e is not None for e in entries), family
     _, torch_path = cr.jobs_for([75], cr.PRECISIONS, cr.FAMILIES)
     assert {f for _, _, f in torch_path} == set(cr.FAMILIES)
+
+
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+def test_sm75_takes_the_torch_path_and_says_so_once(monkeypatch, caplog, capability):
+    """On a T4 (capability injected: no GPU here), backend='auto' picks the torch path for the lm_head and the GRPO
+    loss and logs why once; backend='triton' raises with the reason. An A100 keeps Triton."""
+    import logging
+
+    import torch
+
+    from fastgrpo import _log, api, launch_config
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(_log, "_said", set())
+    cuda = torch.device("cuda", 0)
+    with launch_config.use(launch_config.LaunchConfigResolver(interpret=False)):
+        with caplog.at_level(logging.WARNING, logger="fastgrpo"):
+            picks = {api.resolve_backend("auto", cuda) for _ in range(3)}
+        said = [r.getMessage() for r in caplog.records if "tensor cores on sm_75" in r.getMessage()]
+        if capability == (8, 0):
+            assert picks == {"triton"} and not said
+            assert api.resolve_backend("triton", cuda) == "triton"
+            return
+        assert picks == {"torch"}
+        assert len(said) == 1 and "torch path" in said[0], caplog.records
+        with pytest.raises(ValueError, match="backend='triton'.*sm_75"):
+            api.resolve_backend("triton", cuda)
 
 
 def test_gate_fails_on_a_spilling_tile():
