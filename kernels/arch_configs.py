@@ -88,8 +88,11 @@ def _tile(n: int, v: int, k: int, warps: int, stages: int) -> dict:
 # frozen-head forward and dL/dy; sm_80/86/89/120: mma.sync; sm_100: tcgen05).
 _GEMM_16 = _tile(128, 128, 64, 8, 3)
 # The frozen-head forward also holds the softmax@W tile: off sm_90 it spills at 128x128x64 (sm_80 64 B, sm_86/89
-# 8 B, sm_120 56 B, sm_100 88 B of stack); a 32-wide hidden step with 4 stages keeps the 128x128 tile clean.
-_FROZEN_16 = _tile(128, 128, 32, 8, 4)
+# 8 B, sm_120 56 B, sm_100 88 B of stack on triton 3.9; sm_80 400 B on 3.6). 128x128x32 with 4 stages is clean on
+# 3.9 everywhere but spills 200+ B on sm_80/120 under triton 3.6; what is clean on both tritons:
+_FROZEN_16_SM80 = _tile(128, 64, 64, 8, 4)  # sm_80, sm_86/89
+_FROZEN_16_SM100 = _tile(128, 128, 32, 8, 4)
+_FROZEN_16_SM120 = _tile(128, 64, 32, 8, 4)  # 128x64x64 spills 8-32 B there
 # TF32 (fp32 operands on tensor cores, when the user enables TF32 matmuls): twice the bytes per tile. Off sm_90/100,
 # 128x128x64 needs 128 KiB of shared memory (over sm_86/120's 99 KiB) and spills 16-32 B: a 32-wide step there.
 _TF32_SMALL_SMEM = _tile(128, 128, 32, 8, 3)
@@ -97,12 +100,14 @@ _TF32_SMALL_SMEM = _tile(128, 128, 32, 8, 3)
 _FROZEN_TF32 = _tile(128, 64, 32, 8, 4)
 _FROZEN_TF32_SMALL_SMEM = _tile(128, 64, 32, 8, 3)  # 72 KiB, within 99 KiB
 # Exact fp32 operands run on FMAs, not tensor cores: smaller tiles stay within the register file. The frozen-head
-# forward takes 4 warps: at 8 it spills 8 B on sm_90 under triton 3.6 (ptxas 12.8).
+# forward takes 4 warps (at 8 it spills 8 B on sm_90 under triton 3.6, ptxas 12.8), except on sm_86/89, where 4
+# warps spill 8-16 B (ptxas stops at 168 registers) and 8 are clean on triton 3.6 and 3.9.
 _GEMM_FP32 = _tile(64, 64, 16, 8, 3)
 _FROZEN_FP32 = _tile(64, 64, 16, 4, 3)
-# The combine of the forward's vocabulary splits: rows x hidden-dimension step; 4 warps (what the launcher used
-# before this table, and clean everywhere: 225-255 registers).
+# The combine of the forward's vocabulary splits: rows x hidden-dimension step, 4 warps (what the launcher used
+# before this table). fp32 operands: a 64-wide step (64x128 spills 24 B on sm_80 under triton 3.6, at 4 or 8 warps).
 _COMBINE = dict(block_n=64, block_k=128, num_warps=4)
+_COMBINE_FP32 = dict(block_n=64, block_k=64, num_warps=4)
 # GRPO loss: whole rows per program, at most 512 tokens wide and 1024 elements per tile, 8 warps (4 elements per
 # thread per tile). At 4 warps the all-options kernel spills 8-16 B with 16-bit inputs on sm_80/86/89/100.
 _GRPO_LOSS = dict(max_block_t=512, max_tile=1024, num_warps=8)
@@ -116,12 +121,14 @@ def _same(fields: dict | None) -> dict[str, dict | None]:
     return dict.fromkeys(PRECISIONS, fields)
 
 
-def _family(frozen_16: dict, tf32: dict, frozen_tf32: dict) -> dict[str, dict[str, dict | None]]:
+def _family(
+    frozen_16: dict, tf32: dict, frozen_tf32: dict, frozen_fp32: dict = _FROZEN_FP32
+) -> dict[str, dict[str, dict | None]]:
     return {
         "fwd": _gemm(_GEMM_16, _GEMM_FP32, tf32),
-        "fwd_softmax_w": _gemm(frozen_16, _FROZEN_FP32, frozen_tf32),
+        "fwd_softmax_w": _gemm(frozen_16, frozen_fp32, frozen_tf32),
         "bwd": _gemm(_GEMM_16, _GEMM_FP32, tf32),
-        "combine": _same(_COMBINE),
+        "combine": {"bf16": _COMBINE, "fp16": _COMBINE, "fp32": _COMBINE_FP32, "tf32": _COMBINE_FP32},
         "grpo_loss": _same(_GRPO_LOSS),
     }
 
@@ -137,9 +144,9 @@ DEFAULTS: dict[str, dict[str, dict[str, dict | None]]] = {
     # GEMM kernel spills kilobytes per thread), and sm_75 has no bf16 tensor cores: the chunked torch path (cuBLAS)
     # serves every kernel there, said once in the log. The GRPO loss follows (one backend choice per device).
     "sm75": dict.fromkeys(KERNELS, _same(None)),
-    "sm80": _family(_FROZEN_16, _TF32_SMALL_SMEM, _FROZEN_TF32),
-    "sm86": _family(_FROZEN_16, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM),
+    "sm80": _family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32),
+    "sm86": _family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM, _GEMM_FP32),
     "sm90": _family(_GEMM_16, _GEMM_16, _FROZEN_TF32),
-    "sm100": _family(_FROZEN_16, _GEMM_16, _FROZEN_TF32),
-    "sm120": _family(_FROZEN_16, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM),
+    "sm100": _family(_FROZEN_16_SM100, _GEMM_16, _FROZEN_TF32),
+    "sm120": _family(_FROZEN_16_SM120, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM),
 }
