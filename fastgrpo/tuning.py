@@ -165,9 +165,13 @@ class Autotuner:
         )
         if failures:
             logger.debug("fastgrpo: autotune candidates that failed for %s: %s", key, "; ".join(failures))
-        self._choices[key] = best
-        self._save()
+        self.record(key, best)
         return best
+
+    def record(self, key: str, config) -> None:
+        """Keep ``config`` as the choice for a shape class (and in the cache file, if any)."""
+        self._choices[key] = config
+        self._save()
 
     def _path(self) -> str | None:
         return self._cache_path or env.get("FASTGRPO_AUTOTUNE_CACHE") or None

@@ -177,7 +177,7 @@ def test_resolution_order(monkeypatch, tmp_path):
     # 4. an autotuned choice replaces the table's entry (only while autotuning is on)
     r.autotuner.enable()
     choice = KernelConfig(block_n=32, block_v=32, block_k=32)
-    r.autotuner._choices[r.autotuner.key("fwd", "bf16", 4096, 896, 1000, CUDA)] = choice
+    r.autotuner.record(r.autotuner.key("fwd", "bf16", 4096, 896, 1000, CUDA), choice)
     assert get("fwd", n=4096, h=896, vocab=1000) == choice
     assert get("fwd", n=4096, h=896, vocab=999) == KernelConfig(**small)  # another shape class
     # 5. overrides win over everything, for the kinds named (default: the lm_head GEMM kernels)

@@ -165,17 +165,19 @@ def test_autotune_cache_file_round_trip(monkeypatch, tmp_path, resolver):
 def test_stale_cache_from_other_kernel_sources_is_ignored(monkeypatch, tmp_path, caplog):
     """A cache written for other kernel sources is never applied: the shape is tuned again and the file rewritten."""
     path = tmp_path / "tune.json"
+    case = make_case(21, 24, 150)
+    forward = lambda: fastgrpo.linear_logprobs(case.hidden, case.weight, case.targets, backend="triton")  # noqa: E731
     old = Autotuner(enabled=True, cache_path=path, source_hash="old-kernels")
     with launch_config.use(LaunchConfigResolver(autotuner=old)) as r:
         pool = r.candidates("fwd")
         _fake_timer(monkeypatch, lambda cfg: 0.5 if cfg == pool[1] else 2.0)
-        _assert_matches(make_case(37, 40, 301), weight_grad=True)
+        forward()
     assert json.loads(path.read_text())["kernel_sources"] == "old-kernels"
 
     timed, _ = _fake_timer(monkeypatch, lambda cfg: 0.5 if cfg == pool[2] else 2.0)
     new = Autotuner(enabled=True, cache_path=path, source_hash="edited-kernels")
     with launch_config.use(LaunchConfigResolver(autotuner=new)), caplog.at_level(logging.INFO, logger="fastgrpo"):
-        _assert_matches(make_case(37, 40, 301), weight_grad=True)
+        forward()
     assert timed, "the stale cache was applied instead of tuning again"
     assert [c for k, c in new.chosen().items() if k.startswith("fwd|")] == [pool[2]]
     assert any("ignoring autotune cache" in r.getMessage() for r in caplog.records)
