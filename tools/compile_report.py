@@ -141,14 +141,15 @@ def launch_params(arch: int, family: str, precision: str, overrides: dict | None
     fields = arch_configs.default(ARCHS[arch], family, precision)
     if fields is None:
         return None
+    cfg = configs.CONFIG_CLASSES[family].from_dict(fields)  # the resolver's config object for this entry
     if family in GEMM_FAMILIES:
-        cfg = dataclasses.replace(configs.KernelConfig(**fields), **(overrides or {}))
+        cfg = dataclasses.replace(cfg, **(overrides or {}))
         keep = ("block_n", "block_v", "block_k", "group_n", "num_warps", "num_stages", "use_tma")
         return {k: getattr(cfg, k) for k in keep}
     if family == "combine":
-        return dict(block_n=fields["block_n"], block_k=fields["block_k"], num_warps=fields.get("num_warps", 4))
-    block_t = fields["max_block_t"]
-    return dict(block_b=max(1, fields["max_tile"] // block_t), block_t=block_t, num_warps=fields["num_warps"])
+        return dict(block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps)
+    block_b, block_t = cfg.blocks(1 << 20, 1 << 20)  # the launcher's sizing for a large batch: the largest tile
+    return dict(block_b=block_b, block_t=block_t, num_warps=cfg.num_warps)
 
 
 def jobs_for(
@@ -308,12 +309,6 @@ def inspect_compiled(compiled) -> Result:
 
 
 _MMA_OPS = (("tcgen05", "tcgen05.mma"), ("wgmma", "wgmma.mma_async"), ("mma.sync", "mma.sync"))
-
-
-def resource_usage(compiled) -> tuple[int, int, int, int]:
-    """(registers, stack bytes, LDL/STL instructions, dynamic shared-memory bytes)."""
-    r = inspect_compiled(compiled)
-    return r.regs, r.stack, r.local_ops, r.smem
 
 
 def _run(job: Job) -> tuple[Job, Result | str]:

@@ -4,6 +4,7 @@
 #   - sm_80 + sm_90 on triton 3.6.0 (torch 2.10 / 2.11's pin, pyproject's floor) in a venv of its own, which borrows
 #     this environment's torch through a .pth file (compile_report needs torch only to import fastgrpo);
 # then the tests marked `stage` in the compile test files (autotuning candidates, GRPO loss flag combinations).
+# Measured 2026-12-01: 458 s wall on a 2-core machine shared with other jobs (load average ~8); about 300 s of CPU.
 # Any spill, shared memory over a target's limit, missing MMA or compile error fails the stage.
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/../.."
@@ -29,5 +30,7 @@ VENV_SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths(
 echo "import site; site.addsitedir('$MAIN_SITE')" > "$VENV_SITE/zz-fastgrpo-main-env.pth"
 echo "== triton $("$VENV/bin/python" -c 'import triton; print(triton.__version__)'): sm_80 + sm_90"
 "$VENV/bin/python" tools/compile_report.py --ci --check --jobs "$JOBS"
+# triton 3.6's interpreter with the pinned numpy: the kernel-helper tests (seconds).
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_kernel_helpers.py
 
 python -m pytest -q -m stage tests/test_kernel_compile.py tests/test_grpo_kernel_compile.py
