@@ -195,6 +195,8 @@ def _signature(kernel, dtype: str, boxes: dict) -> dict:
             sig[p] = "i32"
         elif p in _FLOAT_ARGS:
             sig[p] = "fp32"
+        elif p == "transform":  # the logit transform as one tuple (logit_scale, softcap, inv_t), if so declared
+            sig[p] = ("fp32", "fp32", "fp32")
         else:
             sig[p] = "constexpr"
     return sig
@@ -247,6 +249,8 @@ def compile_grpo_loss(
             sig[p] = f"*{_PTR[precision]}" if p in low else "*u8" if p in ("mask_ptr", "emask_ptr") else "*fp32"
         elif p in ("B", "T", "stride_isr_b", "stride_isr_t"):
             sig[p] = "i32"
+        elif p == "policy_params":  # a registry-defined loss type's parameters (unused by the built-in kinds)
+            sig[p] = ("fp32",)
         elif p.isupper():
             sig[p] = "constexpr"
         else:
@@ -254,6 +258,8 @@ def compile_grpo_loss(
     flags = {p: everything for p in params if p.startswith("HAS_")}
     seq = everything and loss_kind != 1  # cispo (1) has no sequence-level ratios
     const = dict(flags, SEQ_LEVEL=seq, LOSS_KIND=loss_kind, COMPUTE_GRAD=True, BLOCK_B=block_b, BLOCK_T=block_t)
+    if "POLICY" in params:  # the registry's policy-function slot: unused by the built-in kinds
+        const["POLICY"] = None
     attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr")}
     src = ASTSource(fn=kernel, signature=sig, constexprs=_by_index(params, const), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
@@ -262,7 +268,9 @@ def compile_grpo_loss(
 def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
     """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient."""
     dot = dict(DOT_DTYPE=_TL[precision])
-    common = dict(HAS_BIAS=True, HAS_SOFTCAP=True)
+    kernel_params = inspect.signature(_KERNELS[family].fn).parameters
+    # softcap on: a HAS_SOFTCAP flag, or the first flag of a TRANSFORM tuple where the kernels take one
+    common = dict(HAS_BIAS=True, **({"TRANSFORM": (True,)} if "TRANSFORM" in kernel_params else {"HAS_SOFTCAP": True}))
     if family == "combine":
         return dict(common, HAS_ENTROPY=True, HAS_SOFTMAX_W=True, BLOCK_N=p["block_n"], BLOCK_K=p["block_k"], **dot)
     dot["DOT_PRECISION"] = {"fp32": "ieee", "tf32": "tf32"}.get(precision)
