@@ -31,7 +31,7 @@ VENV_SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths(
 echo "import site; site.addsitedir('$MAIN_SITE')" > "$VENV_SITE/zz-fastgrpo-main-env.pth"
 echo "== triton $("$VENV/bin/python" -c 'import triton; print(triton.__version__)'): sm_80 + sm_90"
 "$VENV/bin/python" tools/compile_report.py --ci --check --jobs "$JOBS"
-# triton 3.6's interpreter with the pinned numpy: the kernel-helper tests (seconds).
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_kernel_helpers.py
+# triton 3.6's interpreter with the pinned numpy: the kernel-helper and GRPO loss tests (about 20 s).
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_kernel_helpers.py tests/test_grpo_loss.py
 
 python -m pytest -q -m stage tests/test_kernel_compile.py tests/test_grpo_kernel_compile.py
