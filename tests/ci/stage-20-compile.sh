@@ -4,8 +4,8 @@
 #   - sm_80 + sm_90 on triton 3.6.0 (torch 2.10 / 2.11's pin, pyproject's floor) in a venv of its own, which borrows
 #     this environment's torch through a .pth file (compile_report needs torch only to import fastgrpo);
 # then the tests marked `stage` in the compile test files (autotuning candidates, GRPO loss flag combinations).
-# Measured 2026-12-01 on 2 cores: 174 s wall (226 s CPU) with the triton 3.6 venv already built (building it: ~20 s
-# more); 458 s when the machine was shared with other jobs (load average ~8).
+# Measured 2026-12-01 on 2 cores: 202 s wall (225 s CPU, load average ~2.5 from other jobs) with the triton 3.6
+# venv already built (building it: ~20 s more); 458 s when the machine was shared more (load average ~8).
 # Any spill, shared memory over a target's limit, missing MMA or compile error fails the stage.
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/../.."
