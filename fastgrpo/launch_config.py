@@ -133,6 +133,8 @@ class LaunchConfigResolver:
             arch = self.arch(device)
         except arch_configs.UnsupportedArchitecture as err:
             return str(err)
+        if arch in arch_configs.TORCH_PATH:  # no Triton kernel at all on this family (the launch table's decision)
+            return f"{arch_configs.TORCH_PATH[arch]}: fastgrpo has no Triton kernels for {arch}"
         if precision is not None and arch_configs.default(arch, "fwd", precision) is None:
             return f"fastgrpo has no Triton kernel for {precision} operands on {arch}; use backend='torch'"
         return None

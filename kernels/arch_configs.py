@@ -74,69 +74,79 @@ def default(arch: str, kernel: str, precision: str) -> dict | None:
     return None if entry is None else dict(entry)
 
 
-# ---- Values (the sm_90 table everywhere for now; each architecture's entries replace these as they are checked) ----
+# ---- Values: each entry passes `python tools/compile_report.py --ci --check` (no spills, shared memory within
+# the family's limit, the family's tensor-core MMA for 16-bit / TF32 operands, >= 64x64 16-bit tiles, pipelined
+# loads, TMA variants on sm_90+), on triton 3.9 for every family and on triton 3.6 for sm80 and sm90. Compiled,
+# never run on a GPU: speed per family is unmeasured (docs/kernel_notes.md has each entry's registers and memory).
 
-# 16-bit (and TF32) operands: 128x128x64 tiles, 8 warps, 3 stages compile for sm_90 to wgmma with pipelined async
-# copies and no spills (tools/compile_report.py).
-_GEMM_16 = dict(block_n=128, block_v=128, block_k=64, num_warps=8, num_stages=3)
-# Exact fp32 operands run on FMAs, not tensor cores: smaller tiles stay within the register file.
-_GEMM_FP32 = dict(block_n=64, block_v=64, block_k=16, num_warps=8, num_stages=3)
-# The combine of the forward's vocabulary splits: rows x hidden-dimension step.
+
+def _tile(n: int, v: int, k: int, warps: int, stages: int) -> dict:
+    return dict(block_n=n, block_v=v, block_k=k, num_warps=warps, num_stages=stages)
+
+
+# 16-bit operands: 128x128x64, 8 warps, 3 stages (sm_90: wgmma, 217 / 255 / 254 registers for the forward, the
+# frozen-head forward and dL/dy; sm_80/86/89/120: mma.sync; sm_100: tcgen05).
+_GEMM_16 = _tile(128, 128, 64, 8, 3)
+# The frozen-head forward also holds the softmax@W tile: off sm_90 it spills at 128x128x64 (sm_80 64 B, sm_86/89
+# 8 B, sm_120 56 B, sm_100 88 B of stack on triton 3.9; sm_80 400 B on 3.6). 128x128x32 with 4 stages is clean on
+# 3.9 everywhere but spills 200+ B on sm_80/120 under triton 3.6; what is clean on both tritons:
+_FROZEN_16_SM80 = _tile(128, 64, 64, 8, 4)  # sm_80, sm_86/89
+_FROZEN_16_SM100 = _tile(128, 128, 32, 8, 4)
+_FROZEN_16_SM120 = _tile(128, 64, 32, 8, 4)  # 128x64x64 spills 8-32 B there
+# TF32 (fp32 operands on tensor cores, when the user enables TF32 matmuls): twice the bytes per tile. Off sm_90/100,
+# 128x128x64 needs 128 KiB of shared memory (over sm_86/120's 99 KiB) and spills 16-32 B: a 32-wide step there.
+_TF32_SMALL_SMEM = _tile(128, 128, 32, 8, 3)
+# TF32 frozen-head forward: 128x128 spills everywhere (sm_90 152 B, sm_100 200 B at 128x128x64); 128x64x32 does not.
+_FROZEN_TF32 = _tile(128, 64, 32, 8, 4)
+_FROZEN_TF32_SMALL_SMEM = _tile(128, 64, 32, 8, 3)  # 72 KiB, within 99 KiB
+# Exact fp32 operands run on FMAs, not tensor cores: smaller tiles stay within the register file. The frozen-head
+# forward takes 4 warps (at 8 it spills 8 B on sm_90 under triton 3.6, ptxas 12.8), except on sm_86/89, where 4
+# warps spill 8-16 B (ptxas stops at 168 registers) and 8 are clean on triton 3.6 and 3.9.
+_GEMM_FP32 = _tile(64, 64, 16, 8, 3)
+_FROZEN_FP32 = _tile(64, 64, 16, 4, 3)
+# The combine of the forward's vocabulary splits: rows x hidden-dimension step, 4 warps (what the launcher used
+# before this table). fp32 operands: a 64-wide step (64x128 spills 24 B on sm_80 under triton 3.6, at 4 or 8 warps).
 _COMBINE = dict(block_n=64, block_k=128, num_warps=4)
-# GRPO loss: whole rows per program, at most 512 tokens wide and 1024 elements per tile (about 25 live fp32 tiles:
-# 8 elements per thread each at 4 warps).
-_GRPO_LOSS = dict(max_block_t=512, max_tile=1024, num_warps=4)
+_COMBINE_FP32 = dict(block_n=64, block_k=64, num_warps=4)
+# GRPO loss: whole rows per program, at most 512 tokens wide and 1024 elements per tile, 8 warps (4 elements per
+# thread per tile). At 4 warps the all-options kernel spills 8-16 B with 16-bit inputs on sm_80/86/89/100.
+_GRPO_LOSS = dict(max_block_t=512, max_tile=1024, num_warps=8)
 
 
 def _gemm(b16: dict | None, fp32: dict | None, tf32: dict | None = None) -> dict[str, dict | None]:
     return {"bf16": b16, "fp16": b16, "fp32": fp32, "tf32": b16 if tf32 is None else tf32}
 
 
-def _same(fields: dict) -> dict[str, dict | None]:
+def _same(fields: dict | None) -> dict[str, dict | None]:
     return dict.fromkeys(PRECISIONS, fields)
 
 
+def _family(
+    frozen_16: dict, tf32: dict, frozen_tf32: dict, frozen_fp32: dict = _FROZEN_FP32
+) -> dict[str, dict[str, dict | None]]:
+    return {
+        "fwd": _gemm(_GEMM_16, _GEMM_FP32, tf32),
+        "fwd_softmax_w": _gemm(frozen_16, frozen_fp32, frozen_tf32),
+        "bwd": _gemm(_GEMM_16, _GEMM_FP32, tf32),
+        "combine": {"bf16": _COMBINE, "fp16": _COMBINE, "fp32": _COMBINE_FP32, "tf32": _COMBINE_FP32},
+        "grpo_loss": _same(_GRPO_LOSS),
+    }
+
+
+# Families no Triton kernel serves (every entry None): the torch path for the whole device, and why (logged once;
+# backend="triton" raises with it).
+TORCH_PATH: dict[str, str] = {
+    "sm75": "Triton lowers no matmul to tensor cores on sm_75 (T4, RTX 20xx), and sm_75 has no bf16 tensor cores",
+}
+
 DEFAULTS: dict[str, dict[str, dict[str, dict | None]]] = {
-    "sm75": {
-        "fwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "fwd_softmax_w": _gemm(_GEMM_16, _GEMM_FP32),
-        "bwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "combine": _same(_COMBINE),
-        "grpo_loss": _same(_GRPO_LOSS),
-    },
-    "sm80": {
-        "fwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "fwd_softmax_w": _gemm(_GEMM_16, _GEMM_FP32),
-        "bwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "combine": _same(_COMBINE),
-        "grpo_loss": _same(_GRPO_LOSS),
-    },
-    "sm86": {
-        "fwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "fwd_softmax_w": _gemm(_GEMM_16, _GEMM_FP32),
-        "bwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "combine": _same(_COMBINE),
-        "grpo_loss": _same(_GRPO_LOSS),
-    },
-    "sm90": {
-        "fwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "fwd_softmax_w": _gemm(_GEMM_16, _GEMM_FP32),
-        "bwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "combine": _same(_COMBINE),
-        "grpo_loss": _same(_GRPO_LOSS),
-    },
-    "sm100": {
-        "fwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "fwd_softmax_w": _gemm(_GEMM_16, _GEMM_FP32),
-        "bwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "combine": _same(_COMBINE),
-        "grpo_loss": _same(_GRPO_LOSS),
-    },
-    "sm120": {
-        "fwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "fwd_softmax_w": _gemm(_GEMM_16, _GEMM_FP32),
-        "bwd": _gemm(_GEMM_16, _GEMM_FP32),
-        "combine": _same(_COMBINE),
-        "grpo_loss": _same(_GRPO_LOSS),
-    },
+    # T4 / RTX 20xx: Triton (3.6 and 3.9) lowers no dot to tensor-core MMA on sm_75, fp16 included (FMAs; every
+    # GEMM kernel spills kilobytes per thread), and sm_75 has no bf16 tensor cores: the chunked torch path (cuBLAS)
+    # serves every kernel there, said once in the log. The GRPO loss follows (one backend choice per device).
+    "sm75": dict.fromkeys(KERNELS, _same(None)),
+    "sm80": _family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32),
+    "sm86": _family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM, _GEMM_FP32),
+    "sm90": _family(_GEMM_16, _GEMM_16, _FROZEN_TF32),
+    "sm100": _family(_FROZEN_16_SM100, _GEMM_16, _FROZEN_TF32),
+    "sm120": _family(_FROZEN_16_SM120, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM),
 }
