@@ -86,6 +86,7 @@ def test_assess_gives_the_three_verdicts() -> None:
     changed = fp.assess(newest, _prints(newest, {"GRPOTrainer._compute_loss": "0badc0de"}))
     assert (changed.fused_loss, changed.logps_method, changed.fused_head) == (False, True, True)
     assert "GRPOTrainer._compute_loss" in changed.reasons[0] and "recorded" in changed.reasons[0]
+    assert changed.changed == ("GRPOTrainer._compute_loss",)
     # An unseen release: compared with the newest verified one below it.
     future = fp.assess("1.99.0", _prints(newest, {"GRPOTrainer._get_per_token_logps_and_entropies": "0badc0de"}))
     assert (future.fused_loss, future.logps_method, future.fused_head) == (False, False, True)
@@ -105,13 +106,15 @@ def test_assess_gives_the_three_verdicts() -> None:
 def test_declared_range_verified_releases_and_ci_agree() -> None:
     fp = _fp()
     from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
 
-    from fastgrpo.integration._compat import SUPPORTED_RANGE
+    from fastgrpo.integration._compat import MIN_TRL, SUPPORTED_RANGE
 
     pin = re.search(r'^\s*"trl([^"]*)",$', (ROOT / "pyproject.toml").read_text(), re.M)
     assert pin, "pyproject.toml must pin trl"
     assert SpecifierSet(pin.group(1)) == SpecifierSet(SUPPORTED_RANGE), (pin.group(1), SUPPORTED_RANGE)
     assert all(v in SpecifierSet(SUPPORTED_RANGE) for v in fp.VERIFIED)
+    assert min(map(Version, fp.VERIFIED)) == MIN_TRL, "the lowest supported trl must be verified"
     script = (ROOT / "tests" / "run_trl_era_tests.sh").read_text()
     eras = re.search(r'^ERAS="\$\{FASTGRPO_TRL_ERAS:-([^}]*)\}"', script, re.M)
     assert eras, "tests/run_trl_era_tests.sh must define ERAS"
@@ -158,6 +161,19 @@ def test_unknown_keyword_goes_to_trls_own_method(tmp_path: Path, monkeypatch: py
         ours, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 3)
     assert seen == ["x"]
     torch.testing.assert_close(logps, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_changed_loss_entry_point_runs_trls_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trl whose compute_loss changed: FastGRPOTrainer's compute_loss hands every call to trl's new one."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    def compute_loss(self: Any, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None):
+        return torch.tensor(42.0)  # a future entry point
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", compute_loss)
+    trainer = _build(tmp_path)
+    assert trainer._fastgrpo_trl.changed == ("GRPOTrainer.compute_loss",)
+    assert trainer.compute_loss(trainer.model, {}).item() == 42.0
 
 
 @pytest.fixture
@@ -214,4 +230,4 @@ def test_simulated_future_trl_trains_with_trls_new_loss(
     assert "new" in future_trl, "the new keyword never reached trl's method"
     assert fast.loss_fallback and "GRPOTrainer._compute_loss" in fast.loss_fallback[-1]
     assert "GRPOTrainer._get_per_token_logps_and_entropies" in fast.loss_fallback[-1]
-    assert "loss: trl's own compute_loss" in caplog.text
+    assert "loss: trl's own _compute_loss (trl's loss math), because of: trl 1." in caplog.text

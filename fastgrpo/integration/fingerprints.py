@@ -168,6 +168,7 @@ class TrlSupport:
     logps_method: bool = True  # False: trl's own _get_per_token_logps_and_entropies (it calls the fused head, 1.15+)
     fused_head: bool = True  # False: trl's fused-head contract changed; fastgrpo's head is not installed
     reasons: tuple[str, ...] = field(default_factory=tuple)  # why the fused loss is off (empty when verified)
+    changed: tuple[str, ...] = field(default_factory=tuple)  # FINGERPRINTED names that differ from the reference
 
     @property
     def verified(self) -> bool:
@@ -195,7 +196,9 @@ def assess(version: str, prints: Mapping[str, str]) -> TrlSupport:
             f"trl {version} is not a release fastgrpo verified ({verified}); functions that differ from "
             f"{reference}: {', '.join(changed) or 'none'}"
         )
-    return TrlSupport(version, fused_loss=False, logps_method=method, fused_head=head, reasons=(why,))
+    return TrlSupport(
+        version, fused_loss=False, logps_method=method, fused_head=head, reasons=(why,), changed=tuple(changed)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

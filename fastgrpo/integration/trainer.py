@@ -143,6 +143,7 @@ def trl_support(trainer: Any = None) -> TrlSupport:
             logps_method=support.logps_method,
             fused_head=support.fused_head,
             reasons=(*support.reasons, reason),
+            changed=support.changed,
         )
     return support
 
@@ -192,10 +193,9 @@ def _setup_fastgrpo(self: Any, backend: str, loss_path: str = "auto") -> None:
         logps = f"through fastgrpo (backend={backend!r})"
     if not reasons:
         loss = "fastgrpo's fused GRPO loss"
-    elif not support.fused_loss:
-        loss = "trl's own compute_loss, because of: " + "; ".join(reasons)
     else:
-        loss = "trl's loss math on fastgrpo's log-probs, because of: " + "; ".join(reasons)
+        entry = "compute_loss" if "GRPOTrainer.compute_loss" in support.changed else "_compute_loss"
+        loss = f"trl's own {entry} (trl's loss math), because of: " + "; ".join(reasons)
     verdict = "verified" if support.verified and not support.reasons else "not verified for the fused loss"
     message = f"fastgrpo: trl {support.version} ({verdict}); log-probs: {logps}; loss: {loss}"
     key = f"{type(self).__name__}:{message}"
@@ -275,19 +275,19 @@ def _fastgrpo_compute_loss(
     self: Any, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
 ) -> torch.Tensor:
     support = getattr(self, "_fastgrpo_trl", None)
-    if support is None or not support.fused_loss:
-        # A trainer built before patch_trl() (or by a subclass that skipped __init__), or a trl release whose loss
-        # fastgrpo has not verified: trl's own loss entry point (on fastgrpo's log-probs where its head is installed).
+    if support is None or "GRPOTrainer.compute_loss" in support.changed:
+        # A trainer built before patch_trl() (or by a subclass that skipped __init__), or a trl whose loss entry point
+        # is not the verified one: trl's own (on fastgrpo's log-probs where its head is installed).
         return _trl("compute_loss")(self, model, inputs, return_outputs, num_items_in_batch)
     if return_outputs:
         raise ValueError("The GRPOTrainer does not support returning outputs")
-    if not self._fastgrpo_loss_fallback:
+    if support.fused_loss and not self._fastgrpo_loss_fallback:
         loss = _loss.compute_fused_loss(self, model, inputs)
         if loss is not None:
             return loss
         _log_once("per-token-advantages", "fastgrpo: per-token advantages [B, T]: this batch uses trl's loss math")
-    # trl's loss math, always on fastgrpo's log-probs: `_compute_loss` directly, not trl's `compute_loss`, which in
-    # trl < 1.15 sends `use_liger_kernel=True` to Liger's loss (its own log-probs) instead.
+    # trl's loss math, always on fastgrpo's log-probs: `_compute_loss` directly, not trl's (verified) `compute_loss`,
+    # which in trl < 1.15 sends `use_liger_kernel=True` to Liger's loss (its own log-probs) instead.
     return self._compute_loss(model, inputs)
 
 
