@@ -172,8 +172,8 @@ def test_changed_loss_entry_point_runs_trls_own(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(GRPOTrainer, "compute_loss", compute_loss)
     trainer = _build(tmp_path)
-    assert trainer._fastgrpo_trl.changed == ("GRPOTrainer.compute_loss",)
     assert trainer.compute_loss(trainer.model, {}).item() == 42.0
+    assert trainer._fastgrpo_trl.changed == ("GRPOTrainer.compute_loss",)
 
 
 @pytest.fixture
