@@ -18,8 +18,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FASTGRPO_TRL_ERA_VENV:-${TMPDIR:-/tmp}/fastgrpo-trl-eras-venv}"
 PY="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
-# The seams that differ between eras: log-prob method and fused head (parity: one case per loss family, the fallback
-# path, LoRA and the fp32 head), loss entry point and wiring, patching, the adapter's own tests.
+# The seams that differ between eras: log-prob method and fused head (parity: the grpo / dapo / vespo losses, the
+# off-policy mask with eval, LoRA, trl's loss math), loss entry point and wiring, patching, the adapter's own tests.
+# test_patch.py's two subprocess tests do not depend on the trl release (the main stage runs them) and are left out.
 TESTS=(
   tests/test_trainer_trl_adapter.py
   tests/test_trainer_loss_wiring.py
@@ -29,7 +30,6 @@ TESTS=(
   "tests/test_trainer_parity.py::test_parity_fused_loss[dapo_ga2_iters2]"
   "tests/test_trainer_parity.py::test_parity_fused_loss[vespo_iters2]"
   "tests/test_trainer_parity.py::test_parity_fused_loss[lora_beta]"
-  "tests/test_trainer_parity.py::test_parity_fused_loss[fp32_head_entropy_bonus_quantile]"
   "tests/test_trainer_parity.py::test_parity_fused_loss[eval_off_policy_mask_sequence_no_bias_correction]"
   "tests/test_trainer_parity.py::test_parity_trl_loss_fallback[dapo_ga2_iters2]"
 )
@@ -59,7 +59,9 @@ for era in $ERAS; do
     "transformers==${transformers_version}"
   "$VENV/bin/python" -c "import torch, trl, transformers; print('== era: torch', torch.__version__, '| trl', trl.__version__, '| transformers', transformers.__version__)"
   "$VENV/bin/python" -m fastgrpo.integration.fingerprints
-  if "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not gpu" "${TESTS[@]}" "$@"; then
+  if "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not gpu" "${TESTS[@]}" \
+    --deselect tests/test_patch.py::test_importing_fastgrpo_neither_imports_nor_patches_trl \
+    --deselect tests/test_patch.py::test_unmodified_script_patched_after_importing_grpo_trainer "$@"; then
     echo "== trl $trl_version: ok in $(( $(date +%s) - start ))s"
   else
     echo "== trl $trl_version: FAILED in $(( $(date +%s) - start ))s"
