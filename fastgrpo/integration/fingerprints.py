@@ -12,6 +12,7 @@ To verify a new trl release: install it, run the trainer tests, then add the lin
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import inspect
 import io
@@ -82,8 +83,9 @@ def normalised_source(source: str) -> str:
     return "\n".join(line for line in kept if line)
 
 
+@functools.lru_cache(maxsize=256)
 def fingerprint(obj: Any) -> str:
-    """The fingerprint of a function (or method, staticmethod, class); ``ABSENT`` for None."""
+    """The fingerprint of a function (or method, staticmethod, class); ``ABSENT`` for None. Cached per object."""
     if obj is None:
         return ABSENT
     obj = getattr(obj, "__func__", obj)  # staticmethod / classmethod

@@ -196,7 +196,7 @@ def _setup_fastgrpo(self: Any, backend: str, loss_path: str = "auto") -> None:
     else:
         entry = "compute_loss" if "GRPOTrainer.compute_loss" in support.changed else "_compute_loss"
         loss = f"trl's own {entry} (trl's loss math), because of: " + "; ".join(reasons)
-    verdict = "verified" if support.verified and not support.reasons else "not verified for the fused loss"
+    verdict = "verified" if support.verified else "not verified for the fused loss"
     message = f"fastgrpo: trl {support.version} ({verdict}); log-probs: {logps}; loss: {loss}"
     key = f"{type(self).__name__}:{message}"
     if key not in _logged_once:
