@@ -97,6 +97,18 @@ VARIABLES: tuple[EnvVar, ...] = (
         "tests",
         boolean=True,
     ),
+    EnvVar(
+        "FASTGRPO_TRL_ERAS",
+        "the verified releases",
+        "`tests/run_trl_era_tests.sh`: space-separated `trl:transformers` pairs to test (e.g. `1.14.2:5.24.0`).",
+        "tests",
+    ),
+    EnvVar(
+        "FASTGRPO_TRL_ERA_VENV",
+        "$TMPDIR/fastgrpo-trl-eras-venv",
+        "`tests/run_trl_era_tests.sh`: the venv in which trl releases are swapped (reused when its torch matches).",
+        "tests",
+    ),
 )
 
 _BY_NAME = {v.name: v for v in VARIABLES}

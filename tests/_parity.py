@@ -221,3 +221,10 @@ def fastgrpo_only(backend: str = "torch") -> Iterator[dict[str, int]]:
         head.linear_logprobs = real
         for module, name, value in saved:
             setattr(module, name, value)
+
+
+def trl_reasons() -> list[str]:
+    """Why the installed trl alone makes FastGRPOTrainer use trl's loss (empty on a release verified for it)."""
+    from fastgrpo.integration.trainer import trl_support
+
+    return list(trl_support().reasons)

@@ -1,41 +1,74 @@
 #!/usr/bin/env bash
-# Run the trl-integration tests under a trl release from the 1.10-1.14 era (full-logits log-prob path), in a venv
-# built from scratch. CI calls this after the main test run (which covers trl 1.15/1.16).
+# The trl-integration tests under every verified trl release other than the main venv's (1.16.0), in ONE venv built
+# from scratch: torch is installed once, then each trl (with the transformers it is tested with) is installed over the
+# previous one and the seam tests run. Releases 1.11.0 and 1.13.0 have the same fingerprints as 1.12.0 (see
+# fastgrpo/integration/fingerprints.py) and are not run.
 #
-#   bash tests/run_trl_era_tests.sh            # trl 1.14.2 (override with FASTGRPO_TRL_ERA_VERSION=1.12.0 ...)
+#   bash tests/run_trl_era_tests.sh                  # every era below
+#   FASTGRPO_TRL_ERAS="1.14.2:5.24.0" bash tests/run_trl_era_tests.sh -k parity   # one era, extra pytest arguments
 #
 # Environment:
-#   FASTGRPO_TRL_ERA_VERSION  trl version to test (default 1.14.2; must be >=1.10,<1.15)
-#   FASTGRPO_TRL_ERA_VENV     where the venv lives (default ${TMPDIR:-/tmp}/fastgrpo-trl-<version>-venv); an existing
-#                             venv with that trl is reused
-#   PYTHON                    interpreter that creates the venv (default python3)
+#   FASTGRPO_TRL_ERAS      space-separated trl:transformers pairs (default: ERAS below)
+#   FASTGRPO_TRL_ERA_VENV  the venv (default ${TMPDIR:-/tmp}/fastgrpo-trl-eras-venv; reused when its torch matches)
+#   PYTHON                 interpreter that creates the venv (default python3)
 set -euo pipefail
 
+ERAS="${FASTGRPO_TRL_ERAS:-1.10.0:5.24.0 1.12.0:5.24.0 1.14.2:5.24.0 1.15.0:5.24.0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TRL_VERSION="${FASTGRPO_TRL_ERA_VERSION:-1.14.2}"
-VENV="${FASTGRPO_TRL_ERA_VENV:-${TMPDIR:-/tmp}/fastgrpo-trl-${TRL_VERSION}-venv}"
+VENV="${FASTGRPO_TRL_ERA_VENV:-${TMPDIR:-/tmp}/fastgrpo-trl-eras-venv}"
 PY="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
+# The seams that differ between eras: log-prob method and fused head (parity: the grpo / dapo / vespo losses, the
+# off-policy mask with eval, LoRA, trl's loss math), loss entry point and wiring, patching, the adapter's own tests.
+# test_patch.py's two subprocess tests do not depend on the trl release (the main stage runs them) and are left out.
+TESTS=(
+  tests/test_trainer_trl_adapter.py
+  tests/test_trainer_loss_wiring.py
+  tests/test_trainer_config.py
+  tests/test_patch.py
+  "tests/test_trainer_parity.py::test_parity_fused_loss[grpo_beta]"
+  "tests/test_trainer_parity.py::test_parity_fused_loss[dapo_ga2_iters2]"
+  "tests/test_trainer_parity.py::test_parity_fused_loss[vespo_iters2]"
+  "tests/test_trainer_parity.py::test_parity_fused_loss[lora_beta]"
+  "tests/test_trainer_parity.py::test_parity_fused_loss[eval_off_policy_mask_sequence_no_bias_correction]"
+  "tests/test_trainer_parity.py::test_parity_trl_loss_fallback[dapo_ga2_iters2]"
+)
 
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$TRL_VERSION" <<'EOF' 2>/dev/null; then
-import sys, importlib.metadata as md
-sys.exit(0 if md.version("trl") == sys.argv[1] and md.version("torch").startswith("2.13.0") else 1)
-EOF
-  echo "== reusing $VENV (trl $TRL_VERSION)"
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
+  echo "== reusing $VENV"
 else
-  echo "== creating $VENV with trl $TRL_VERSION"
+  echo "== creating $VENV"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
   # torch first and pinned: the local CPU wheel. An unpinned torch would pull multi-GB CUDA wheels.
   "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}"
-  "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}" "triton==3.9.0" "trl==${TRL_VERSION}" "peft>=0.15" \
-    "pytest>=8" "pytest-benchmark>=4.0"
+  # requests: trl < 1.16 imports it, and huggingface_hub 1.x no longer brings it.
+  "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}" "triton==3.9.0" "accelerate==1.15.0" \
+    "peft>=0.15" "pytest>=8" "pytest-benchmark>=4.0" requests
 fi
 # Always (re)install this checkout: a reused venv may point at another clone.
 "$VENV/bin/pip" install --quiet --no-compile --no-deps -e "$ROOT"
-"$VENV/bin/python" -c "import torch, trl, transformers; print('== torch', torch.__version__, '| trl', trl.__version__, '| transformers', transformers.__version__)"
 
 cd "$ROOT"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=10 \
-  tests/test_trainer_parity.py tests/test_trainer_loss_wiring.py tests/test_trainer_config.py tests/test_patch.py \
-  tests/test_trainer_memory.py "$@"
+failed=()
+for era in $ERAS; do
+  trl_version="${era%%:*}"
+  transformers_version="${era#*:}"
+  start=$(date +%s)
+  "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}" "trl==${trl_version}" \
+    "transformers==${transformers_version}"
+  "$VENV/bin/python" -c "import torch, trl, transformers; print('== era: torch', torch.__version__, '| trl', trl.__version__, '| transformers', transformers.__version__)"
+  "$VENV/bin/python" -m fastgrpo.integration.fingerprints
+  if "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not gpu" "${TESTS[@]}" \
+    --deselect tests/test_patch.py::test_importing_fastgrpo_neither_imports_nor_patches_trl \
+    --deselect tests/test_patch.py::test_unmodified_script_patched_after_importing_grpo_trainer "$@"; then
+    echo "== trl $trl_version: ok in $(( $(date +%s) - start ))s"
+  else
+    echo "== trl $trl_version: FAILED in $(( $(date +%s) - start ))s"
+    failed+=("$trl_version")
+  fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "== trl eras failed: ${failed[*]}" >&2
+  exit 1
+fi

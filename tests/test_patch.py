@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _parity import Case, compare, fastgrpo_only, run_case
+from _parity import Case, compare, fastgrpo_only, run_case, trl_reasons
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("__init__", "_get_per_token_logps_and_entropies", "compute_loss")
@@ -89,7 +89,7 @@ def test_patched_grpo_trainer_trains_through_fastgrpo_then_unpatch_restores_stoc
     with fastgrpo_only("torch") as calls:
         patched = run_case(UserTrainer, case, tmp_path)
     assert calls["linear_logprobs"] > 0
-    assert patched.loss_fallback == []
+    assert patched.loss_fallback == trl_reasons()
     compare(stock, patched)
     fastgrpo.unpatch_trl()
     from _parity import make_model_dir
@@ -123,7 +123,7 @@ def test_unmodified_script_patched_after_importing_grpo_trainer(tmp_path: Path) 
             from trl import GRPOTrainer, GRPOConfig
             import fastgrpo
             from fastgrpo.integration.head import fused_head_config
-            from _parity import Case, make_model_dir, base_config
+            from _parity import Case, make_model_dir, base_config, trl_reasons
             from _tiny import id_reward, prompt_dataset
             from pathlib import Path
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,11 +137,66 @@ def test_unmodified_script_patched_after_importing_grpo_trainer(tmp_path: Path) 
             )
             assert fused_head_config(trainer.model).backend == "torch"
             trainer.train()
-            print("PATCHED-OK", trainer._fastgrpo_loss_fallback)
+            print("PATCHED-OK", trainer._fastgrpo_loss_fallback == trl_reasons())
             """
         )
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "PATCHED-OK []" in proc.stdout
+    assert "PATCHED-OK True" in proc.stdout
+
+
+@pytest.mark.slow
+def test_unpatch_takes_fastgrpo_off_live_trainers(tmp_path: Path) -> None:
+    """A trainer built while patched gets its models' previous forward back and trains as stock trl after unpatching;
+    a FastGRPOTrainer keeps fastgrpo."""
+    from _parity import base_config, make_model_dir
+    from _tiny import id_reward, prompt_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    import fastgrpo
+    from fastgrpo.integration import head
+
+    path = make_model_dir(Case("unpatch"), tmp_path)
+
+    def build(cls: type, **kwargs: object) -> object:
+        return cls(
+            model=AutoModelForCausalLM.from_pretrained(str(path)),
+            reward_funcs=id_reward,
+            args=base_config(str(tmp_path / "o"), max_steps=1, beta=0.04),
+            train_dataset=prompt_dataset(4),
+            processing_class=AutoTokenizer.from_pretrained(str(path)),
+            **kwargs,
+        )
+
+    stock = build(GRPOTrainer)
+    stock_forwards = {name: m.__dict__.get("forward") for name, m in (("model", stock.model), ("ref", stock.ref_model))}
+    fastgrpo.patch_trl(backend="torch")
+    patched = build(GRPOTrainer)
+    own = build(fastgrpo.FastGRPOTrainer, fastgrpo_backend="torch")
+    models = {"model": patched.model, "ref": patched.ref_model}
+    assert all(head.fused_head_config(m) is not None for m in models.values())
+    fastgrpo.unpatch_trl()
+    for name, model in models.items():
+        assert head.fused_head_config(model) is None, name
+        # the same kind of forward as a stock trainer's: trl's fused head (trl >= 1.15) or the class's forward
+        assert (model.__dict__.get("forward") is None) == (stock_forwards[name] is None), name
+    assert not [n for n in vars(patched) if n.startswith("_fastgrpo")]
+    assert head.fused_head_config(own.model) is not None  # FastGRPOTrainer is not a patch
+    calls = {"n": 0}
+    real = head.linear_logprobs
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    head.linear_logprobs = counting
+    try:
+        patched.train()
+        assert calls["n"] == 0, "fastgrpo's head ran in a trainer after unpatch_trl()"
+        own.train()
+        assert calls["n"] > 0
+    finally:
+        head.linear_logprobs = real

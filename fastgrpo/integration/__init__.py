@@ -5,6 +5,6 @@ Importing this package imports trl; ``import fastgrpo`` alone does not (it loads
 
 from __future__ import annotations
 
-from .trainer import FastGRPOTrainer, is_trl_patched, patch_trl, unpatch_trl
+from .trainer import FastGRPOTrainer, is_trl_patched, patch_trl, trl_support, unpatch_trl
 
-__all__ = ["FastGRPOTrainer", "is_trl_patched", "patch_trl", "unpatch_trl"]
+__all__ = ["FastGRPOTrainer", "is_trl_patched", "patch_trl", "trl_support", "unpatch_trl"]

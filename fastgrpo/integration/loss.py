@@ -21,6 +21,58 @@ LOSS_ENV = "FASTGRPO_LOSS"
 
 # trl methods whose override by a subclass changes the objective the fused loss would compute.
 _LOSS_HOOKS = ("_compute_loss", "get_high_entropy_mask", "get_off_policy_mask", "get_gamma_weights")
+# What compute_fused_loss reads from a constructed trl trainer and its args (`current_gradient_accumulation_steps` is
+# transformers' and set by train()): a trl without one of them takes trl's own loss.
+TRAINER_ATTRIBUTES = (
+    "_entropy_bonus_enabled",
+    "_entropy_window_stats",
+    "_get_per_token_logps_and_entropies",
+    "_last_world_entropy",
+    "_metrics",
+    "accelerator",
+    "args",
+    "aux_loss_enabled",
+    "beta",
+    "entropy_coef",
+    "epsilon_high",
+    "epsilon_low",
+    "get_high_entropy_mask",
+    "importance_sampling_level",
+    "loss_type",
+    "max_completion_length",
+    "model",
+    "off_policy_mask_threshold",
+    "ref_model",
+    "router_aux_loss_coef",
+    "temperature",
+    "top_entropy_quantile",
+    "use_adaptive_entropy",
+    "use_vllm",
+    "vllm_importance_sampling_correction",
+)
+ARGS_ATTRIBUTES = (
+    "cast_lm_head_to_fp32",
+    "delta",
+    "entropy_coef_delta",
+    "entropy_coef_max",
+    "entropy_coef_min",
+    "entropy_target",
+    "sapo_temperature_neg",
+    "sapo_temperature_pos",
+    "steps_per_generation",
+    "use_bias_correction_kl",
+    "vespo_k_neg",
+    "vespo_k_pos",
+    "vespo_lambda_neg",
+    "vespo_lambda_pos",
+)
+
+
+def missing_attributes(trainer: Any) -> list[str]:
+    """The names in TRAINER_ATTRIBUTES / ARGS_ATTRIBUTES (as ``args.<name>``) that ``trainer`` lacks."""
+    missing = [name for name in TRAINER_ATTRIBUTES if not hasattr(trainer, name)]
+    args = getattr(trainer, "args", None)
+    return missing + [f"args.{name}" for name in ARGS_ATTRIBUTES if not hasattr(args, name)]
 
 
 def fused_loss_available() -> bool:
@@ -51,8 +103,9 @@ def fallback_reasons(trainer: Any, trl_class: type, loss_path: str = "auto") -> 
         return reasons
     from fastgrpo.grpo import LOSS_TYPES
 
-    if trainer.loss_type not in LOSS_TYPES:
-        reasons.append(f"loss_type={trainer.loss_type!r} (the fused loss knows {LOSS_TYPES})")
+    loss_type = getattr(trainer, "loss_type", None)
+    if loss_type not in LOSS_TYPES:
+        reasons.append(f"loss_type={loss_type!r} (the fused loss knows {LOSS_TYPES})")
     overridden = [
         name
         for name in _LOSS_HOOKS

@@ -15,36 +15,58 @@ Seams used, per trl era:
 * ``compute_loss`` owns the loss entry point (a subclass overriding only ``_compute_loss`` is still honoured): it
   computes the loss with fastgrpo's GRPO loss when that supports the configuration, else it runs trl's
   ``_compute_loss`` (trl's loss math, on fastgrpo's log-probs).
+
+Fail-safe on an unseen trl: at construction the installed trl's functions that fastgrpo replaces or mirrors are
+fingerprinted (:mod:`.fingerprints`). Only on a verified release does the fused loss run; on any other release in the
+supported range trl's own ``compute_loss`` computes the loss (and trl's own log-prob method is used when the log-prob
+functions changed), with one WARNING naming the functions that differ. A keyword trl sends that fastgrpo does not know
+goes to trl's own method for that call.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import trl.trainer.grpo_trainer as _grpo_module
 from trl.trainer.grpo_trainer import GRPOTrainer as _TRLGRPOTrainer
 
 from . import loss as _loss
-from ._compat import check_trl_version, resolve_backend_choice, trl_has_fused_head
-from .head import FusedHeadConfig, fused_head_config, install_fused_head
+from ._compat import (
+    SUPPORTED_RANGE,
+    check_trl_version,
+    installed_trl_version,
+    resolve_backend_choice,
+    trl_has_fused_head,
+)
+from .head import FusedHeadConfig, fused_head_config, install_fused_head, uninstall_fused_head
+
+if TYPE_CHECKING:
+    from .fingerprints import TrlSupport
 
 logger = logging.getLogger("fastgrpo")
 
 _PATCHED_METHODS = ("__init__", "_get_per_token_logps_and_entropies", "compute_loss")
-# trl's own methods, captured when this module is first imported (before anything here can patch them).
-# (`.get`: on a trl outside the supported range a method may be missing; construction then fails with a clear message.)
-_TRL_METHODS: dict[str, Callable[..., Any] | None] = {
-    name: _TRLGRPOTrainer.__dict__.get(name) for name in _PATCHED_METHODS
-}
+
+
+def _trl_own(name: str) -> Any:
+    """trl's own GRPOTrainer attribute ``name`` as it is now (not fastgrpo's patch_trl() replacement), or None.
+
+    Looked up on each call, so whatever trl (or a monkeypatch of trl's class) defines is what fastgrpo defers to.
+    """
+    method = _TRLGRPOTrainer.__dict__.get(name)
+    if method is not None and method is _REPLACEMENTS.get(name):
+        method = (_patch_state["originals"] or {}).get(name)
+    return method
 
 
 def _trl(name: str) -> Callable[..., Any]:
-    method = _TRL_METHODS[name]
+    method = _trl_own(name)
     if method is None:  # only on a trl outside the supported range, which construction rejects first
-        raise RuntimeError(f"the installed trl's GRPOTrainer has no {name}; fastgrpo supports trl >=1.10,<2")
+        raise RuntimeError(f"the installed trl's GRPOTrainer has no {name}; fastgrpo supports trl {SUPPORTED_RANGE}")
     return method
 
 
@@ -62,6 +84,8 @@ _MULTIMODAL_KEYS = (
 )
 _patch_state: dict[str, Any] = {"originals": None, "backend": None}
 _logged_once: set[str] = set()
+# Trainers of trl's own (patched) class that fastgrpo set up: unpatch_trl() takes fastgrpo off their models again.
+_patched_trainers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _is_peft_model(model: Any) -> bool:
@@ -103,39 +127,77 @@ def _fastgrpo_init(
     _setup_fastgrpo(self, backend, loss_path)
 
 
+def trl_support(trainer: Any = None) -> TrlSupport:
+    """Whether the installed trl is one fastgrpo verified (see :mod:`.fingerprints`), for ``trainer`` if given
+    (a constructed trainer lacking an attribute the fused loss reads also takes trl's loss)."""
+    from . import fingerprints as _fingerprints  # here, so `python -m fastgrpo.integration.fingerprints` runs cleanly
+
+    version = str(installed_trl_version())
+    support = _fingerprints.assess(version, _fingerprints.installed_fingerprints(_trl_own))
+    missing = [] if trainer is None else _loss.missing_attributes(trainer)
+    if missing:
+        reason = f"the trainer lacks attributes fastgrpo's fused loss reads: {', '.join(missing)}"
+        support = _fingerprints.TrlSupport(
+            version,
+            fused_loss=False,
+            logps_method=support.logps_method,
+            fused_head=support.fused_head,
+            reasons=(*support.reasons, reason),
+            changed=support.changed,
+        )
+    return support
+
+
 def _setup_fastgrpo(self: Any, backend: str, loss_path: str = "auto") -> None:
     """Put fastgrpo's fused head on the policy and reference models and choose the loss path (logged once)."""
+    support = trl_support(self)
     policy = _unwrap(self.model)
     policy = policy.get_base_model() if _is_peft_model(policy) else policy
     _check_lm_head_not_adapted(policy)
     cast = bool(getattr(self.args, "cast_lm_head_to_fp32", False))
-    self._fastgrpo_head = install_fused_head(
-        policy,
-        FusedHeadConfig(temperature=float(self.temperature), cast_lm_head_to_fp32=cast, entropy=True, backend=backend),
-    )
+    models = [(policy, True)]
     if self.ref_model is not None:
         ref = _unwrap(self.ref_model)
         _check_lm_head_not_adapted(ref)
-        install_fused_head(
-            ref,
-            FusedHeadConfig(
-                temperature=float(self.temperature), cast_lm_head_to_fp32=cast, entropy=False, backend=backend
-            ),
-        )
+        models.append((ref, False))
+    self._fastgrpo_head = None
+    self._fastgrpo_models = []
+    if support.fused_head:
+        for model, is_policy in models:
+            config = install_fused_head(
+                model,
+                FusedHeadConfig(
+                    temperature=float(self.temperature), cast_lm_head_to_fp32=cast, entropy=is_policy, backend=backend
+                ),
+            )
+            self._fastgrpo_models.append(model)
+            if is_policy:
+                self._fastgrpo_head = config
     self._fastgrpo_backend = backend
+    self._fastgrpo_trl = support
+    if not isinstance(self, FastGRPOTrainer):
+        _patched_trainers.add(self)
     if getattr(self.args, "use_liger_kernel", False) and not trl_has_fused_head():
         _log_once(
             "liger",
             "fastgrpo: use_liger_kernel=True: Liger's GRPO loss and log-prob path are not used; fastgrpo computes the "
             "log-probs and the loss (trl's objective)",
         )
-    reasons = _loss.fallback_reasons(self, _TRLGRPOTrainer, loss_path)
+    reasons = _loss.fallback_reasons(self, _TRLGRPOTrainer, loss_path) + list(support.reasons)
     self._fastgrpo_loss_fallback = reasons
-    message = f"fastgrpo: log-probs through fastgrpo (backend={backend!r}); loss: " + (
-        "fastgrpo's fused GRPO loss"
-        if not reasons
-        else "trl's loss math on fastgrpo's log-probs, because of: " + "; ".join(reasons)
-    )
+    if not support.fused_head:
+        logps = "trl's own (fastgrpo's fused head is not installed: trl's add_fused_lm_head changed)"
+    elif not support.logps_method:
+        logps = f"trl's own _get_per_token_logps_and_entropies (it scores through fastgrpo's head, backend={backend!r})"
+    else:
+        logps = f"through fastgrpo (backend={backend!r})"
+    if not reasons:
+        loss = "fastgrpo's fused GRPO loss"
+    else:
+        entry = "compute_loss" if "GRPOTrainer.compute_loss" in support.changed else "_compute_loss"
+        loss = f"trl's own {entry} (trl's loss math), because of: " + "; ".join(reasons)
+    verdict = "verified" if support.verified else "not verified for the fused loss"
+    message = f"fastgrpo: trl {support.version} ({verdict}); log-probs: {logps}; loss: {loss}"
     key = f"{type(self).__name__}:{message}"
     if key not in _logged_once:
         _logged_once.add(key)
@@ -160,15 +222,20 @@ def _fastgrpo_get_per_token_logps_and_entropies(
     Same contract as trl's method. Text inputs are scored here; vision-language inputs go through trl's own method,
     which in trl >= 1.15 also lands in fastgrpo's fused head (in 1.10-1.14 it builds full logits).
     """
-    unknown = set(extra) - set(_MULTIMODAL_KEYS)
+    unknown = sorted(set(extra) - set(_MULTIMODAL_KEYS))
     if unknown:
-        raise TypeError(f"_get_per_token_logps_and_entropies got unexpected arguments {sorted(unknown)}")
+        _log_once(
+            f"unknown-kwargs:{unknown}",
+            f"fastgrpo: trl passed {unknown} to _get_per_token_logps_and_entropies, which fastgrpo does not know: "
+            "those calls run trl's own method",
+        )
     # A trainer constructed before patch_trl() has no fastgrpo head on its models: trl's own path. So do
     # vision-language inputs (in trl >= 1.15 that path lands in fastgrpo's fused head too).
     multimodal = any(extra.get(key) is not None for key in _MULTIMODAL_KEYS)
     if multimodal and not trl_has_fused_head():
         _log_once("vlm-logits", "fastgrpo: vision-language inputs use trl's full-logits log-prob path on trl<1.15")
-    if multimodal or not hasattr(self, "_fastgrpo_backend"):
+    support = getattr(self, "_fastgrpo_trl", None)
+    if multimodal or unknown or support is None or not support.logps_method:
         return _trl("_get_per_token_logps_and_entropies")(
             self,
             model,
@@ -207,18 +274,20 @@ def _fastgrpo_get_per_token_logps_and_entropies(
 def _fastgrpo_compute_loss(
     self: Any, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
 ) -> torch.Tensor:
-    if not hasattr(self, "_fastgrpo_loss_fallback"):
-        # A trainer built before patch_trl() (or by a subclass that skipped __init__): trl's own path.
+    support = getattr(self, "_fastgrpo_trl", None)
+    if support is None or "GRPOTrainer.compute_loss" in support.changed:
+        # A trainer built before patch_trl() (or by a subclass that skipped __init__), or a trl whose loss entry point
+        # is not the verified one: trl's own (on fastgrpo's log-probs where its head is installed).
         return _trl("compute_loss")(self, model, inputs, return_outputs, num_items_in_batch)
     if return_outputs:
         raise ValueError("The GRPOTrainer does not support returning outputs")
-    if not self._fastgrpo_loss_fallback:
+    if support.fused_loss and not self._fastgrpo_loss_fallback:
         loss = _loss.compute_fused_loss(self, model, inputs)
         if loss is not None:
             return loss
         _log_once("per-token-advantages", "fastgrpo: per-token advantages [B, T]: this batch uses trl's loss math")
-    # trl's loss math, always on fastgrpo's log-probs: `_compute_loss` directly, not trl's `compute_loss`, which in
-    # trl < 1.15 sends `use_liger_kernel=True` to Liger's loss (its own log-probs) instead.
+    # trl's loss math, always on fastgrpo's log-probs: `_compute_loss` directly, not trl's (verified) `compute_loss`,
+    # which in trl < 1.15 sends `use_liger_kernel=True` to Liger's loss (its own log-probs) instead.
     return self._compute_loss(model, inputs)
 
 
@@ -277,10 +346,22 @@ def patch_trl(backend: str | None = None) -> None:
 
 
 def unpatch_trl() -> None:
-    """Restore trl's own ``GRPOTrainer`` methods; a no-op when not patched."""
+    """Restore trl's own ``GRPOTrainer`` methods, and take fastgrpo off the live trainers built while patched.
+
+    Those trainers (instances of trl's class or its subclasses, not of :class:`FastGRPOTrainer`) get their models'
+    previous forward back (trl's fused head on trl >= 1.15) and lose fastgrpo's state, so they train as stock trl.
+    What stays: :class:`FastGRPOTrainer` instances (fastgrpo's own class, not a patch) and the once-only log memory.
+    A no-op when not patched.
+    """
     originals = _patch_state["originals"]
     if originals is None:
         return
+    for trainer in list(_patched_trainers):
+        for model in getattr(trainer, "_fastgrpo_models", ()):
+            uninstall_fused_head(model)
+        for name in [n for n in vars(trainer) if n.startswith("_fastgrpo_")]:
+            delattr(trainer, name)
+    _patched_trainers.clear()
     cls = _patch_state.pop("cls")
     for name, fn in originals.items():
         if fn is None:
@@ -295,4 +376,4 @@ def is_trl_patched() -> bool:
     return _patch_state["originals"] is not None
 
 
-__all__ = ["FastGRPOTrainer", "fused_head_config", "is_trl_patched", "patch_trl", "unpatch_trl"]
+__all__ = ["FastGRPOTrainer", "fused_head_config", "is_trl_patched", "patch_trl", "trl_support", "unpatch_trl"]

@@ -1,2 +1,3 @@
-# The trainer tests again under the trl 1.10-1.14 era (full-logits log-prob path), each in a venv of its own.
+# The trl-integration seam tests under every other verified trl release (1.10.0, 1.12.0, 1.14.2, 1.15.0; the main
+# stage covers 1.16.0), swapping trl inside one venv built from scratch.
 bash tests/run_trl_era_tests.sh
