@@ -5,7 +5,7 @@ from the same seeds, writes metrics.csv, samples.md, one PNG per configuration (
 parity check (``stats.py``) on the checked configurations; the exit status is 1 when a check fails.
 
 ``--mode full`` (default): dapo, dapo with beta=0.1, LoRA; 4 seeds x 320 steps. ``--mode quick`` (CI): dapo with
-beta=0.1; 8 seeds x 160 steps. ``--mutant NAME`` runs the same in a scratch copy of fastgrpo with a deliberately
+beta=0.1; 24 seeds x 160 steps. ``--mutant NAME`` runs the same in a scratch copy of fastgrpo with a deliberately
 broken loss (``mutants.py``): the check is expected to fail.
 """
 

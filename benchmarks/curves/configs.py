@@ -26,5 +26,5 @@ class Mode:
 
 MODES = {
     "full": Mode("full", ("dapo", "dapo-beta0.1", "lora"), (0, 1, 2, 3), 320, ("dapo", "dapo-beta0.1", "lora")),
-    "quick": Mode("quick", ("dapo-beta0.1",), (0, 1, 2, 3, 4, 5, 6, 7), 160, ("dapo-beta0.1",)),
+    "quick": Mode("quick", ("dapo-beta0.1",), tuple(range(24)), 160, ("dapo-beta0.1",)),
 }
