@@ -21,7 +21,6 @@ from .gemm import mm_fp32 as _mm_fp32
 from .options import LogProbOptions
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}  # tuned tables' names
 
 
 def _check_dtype(compute_dtype: torch.dtype) -> None:
@@ -97,7 +96,7 @@ def _on_device(device: torch.device):
 
 def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:
     """What selects a launch config: operand precision ("tf32" for fp32 operands on tensor cores), sizes, device."""
-    precision = "tf32" if _dot_precision(compute_dtype) == "tf32" else _DTYPE_NAMES[compute_dtype]
+    precision = "tf32" if _dot_precision(compute_dtype) == "tf32" else launch_config.dtype_precision(compute_dtype)
     return dict(
         precision=precision,
         n=hidden.shape[0],
