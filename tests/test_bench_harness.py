@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_tune():
-    """``tools/tune.py`` (the tuner that writes ``kernels/tuned/``; a script folder, not an installed package)."""
+    """``tools/tune.py`` (the tuner that writes ``kernels/fastgrpo_kernels/tuned/``; a script folder, not an
+    installed package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fastgrpo_tools_tune", REPO / "tools" / "tune.py")
@@ -281,7 +282,7 @@ def test_targets_from_results() -> None:
 def test_readme_performance_section_is_generated_from_committed_results() -> None:
     from fastgrpo_benchmarks.reports import readme
 
-    stale = "README's performance section is stale: run `python -m benchmarks.reports.readme --write`"
+    stale = "README's performance section is stale: run `python -m fastgrpo_benchmarks.reports.readme --write`"
     assert readme.current_section(REPO / "README.md") == readme.section(), stale
     folders = [folder.name for folder, _ in readme.committed_results()]
     assert folders and all(name not in readme.NOT_COMMITTED for name in folders)

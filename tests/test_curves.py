@@ -1,4 +1,5 @@
-"""The training-curves report's parts (benchmarks/curves/): reward, statistics, mutants. The quick training run
+"""The training-curves report's parts (benchmarks/fastgrpo_benchmarks/curves/): reward, statistics, mutants. The
+quick training run
 itself is CI stage tests/ci/stage-50-curves.sh."""
 
 from __future__ import annotations

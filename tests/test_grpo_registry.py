@@ -156,7 +156,7 @@ LAYERS = [
     "fastgrpo/grpo/autograd.py",
     "fastgrpo/grpo/api.py",
     "fastgrpo/grpo/fused.py",
-    "kernels/grpo_loss.py",
+    "kernels/fastgrpo_kernels/grpo_loss.py",
 ]
 
 
@@ -180,7 +180,9 @@ def test_kernel_kinds_and_vespo_clamps_come_from_the_registry():
     assert K.VESPO_LOG_RATIO_CLAMP.value == R.VESPO_LOG_RATIO_CLAMP
     assert K.VESPO_LOG_W_MIN.value == R.VESPO_LOG_W_MIN
     assert K.VESPO_LAMBDA_MIN.value == R.VESPO_LAMBDA_MIN
-    source = (ROOT / "kernels/grpo_loss.py").read_text() + (ROOT / "fastgrpo/grpo/torch_math.py").read_text()
+    source = (ROOT / "kernels/fastgrpo_kernels/grpo_loss.py").read_text() + (
+        ROOT / "fastgrpo/grpo/torch_math.py"
+    ).read_text()
     assert "1e-8" not in source and "18.42" not in source and "1e-4" not in source, "a vespo clamp written again"
 
 

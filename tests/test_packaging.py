@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_import_names():
     import fastgrpo_kernels.linear_logprobs_fwd as fwd
 
-    assert pathlib.Path(fwd.__file__).parent.name == "kernels"  # editable install maps the source directory
+    assert pathlib.Path(fwd.__file__).parent == ROOT / "kernels" / "fastgrpo_kernels"  # editable: the source folder
     # No side effects on import: trl (and the kernels) load only when used.
     code = "import sys, fastgrpo; print(sorted(m for m in ('trl', 'triton') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -47,7 +47,8 @@ def test_wheel_layout(tmp_path):
     assert "kernels" not in tops and "benchmarks" not in tops
     assert "fastgrpo_kernels/linear_logprobs_fwd.py" in names
     assert "fastgrpo_kernels/linear_logprobs_bwd.py" in names
-    # No test files: the benchmark CLI ships, its pytest-benchmark cases (benchmarks/cases/) and results do not.
+    # No test files: the benchmark CLI ships, its pytest-benchmark cases (fastgrpo_benchmarks/cases/) and results
+    # do not.
     base = [n.rsplit("/", 1)[-1] for n in names]
     tests = [n for n, b in zip(names, base) if b.startswith("test_") or b == "conftest.py" or "/cases/" in n]
     assert not tests, tests

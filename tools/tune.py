@@ -8,7 +8,8 @@ default config's (a candidate that computes something else is an error, not a tu
 fastest. Then, per shape, it times a frozen head's forward + backward through the public API with the
 softmax@W identity and with the recompute backward (using the configs just chosen), and records the faster route.
 
-Writes ``<out>/<arch>.json`` (the architecture family, e.g. ``sm90.json``: copy it to ``kernels/tuned/`` and commit
+Writes ``<out>/<arch>.json`` (the architecture family, e.g. ``sm90.json``: copy it to
+``kernels/fastgrpo_kernels/tuned/`` and commit
 it; the library then uses it on that family), ``<out>/tune.md`` (the table) and ``<out>/tune_log.jsonl`` (every
 timing). Shapes that would start after ``--budget-s`` are skipped, and the table holds what was finished. Needs a
 CUDA device.
@@ -229,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                 entries.append(frozen_route(n, h, args.vocab, log))
         write_table(args.out, arch, entries, info)
     print((args.out / "tune.md").read_text())
-    print(f"{time.monotonic() - start:.0f} s; copy {args.out / (arch + '.json')} to kernels/tuned/ to ship it")
+    print(
+        f"{time.monotonic() - start:.0f} s; copy {args.out / (arch + '.json')} to kernels/fastgrpo_kernels/tuned/ "
+        "to ship it (the installed package reads it as fastgrpo_kernels/tuned/)"
+    )
     return 0
 
 

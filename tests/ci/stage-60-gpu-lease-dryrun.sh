@@ -1,10 +1,10 @@
-# The GPU lease's CPU dry run: the same script the GPU runs (benchmarks/gpu/run.sh lease) with a fake $OUT, the Triton
+# The GPU lease's CPU dry run: the same script the GPU runs (benchmarks/fastgrpo_benchmarks/gpu/run.sh lease) with a fake $OUT, the Triton
 # interpreter and tiny sizes, carried wheels installed into a target folder with the lease's own pip command line
 # (fastgrpo's wheel, built here), then a schema check of every stage file and the device tool's 8-file cap.
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/lease-dryrun.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 python -m pip wheel --no-deps -q -w "$TMP/whl" .
-OUT="$TMP/out" bash benchmarks/gpu/run.sh lease --dry-run --wheels "$TMP/whl" --site "$TMP/site" --work "$TMP/work"
+OUT="$TMP/out" bash benchmarks/fastgrpo_benchmarks/gpu/run.sh lease --dry-run --wheels "$TMP/whl" --site "$TMP/site" --work "$TMP/work"
 python -m fastgrpo_benchmarks.gpu.schema "$TMP/out" --dry-run --require-ok
 test -f "$TMP/site/fastgrpo/__init__.py" || { echo "the carried wheel was not installed into $TMP/site"; exit 1; }
 python - "$TMP/out/01-provenance.json" <<'PY'

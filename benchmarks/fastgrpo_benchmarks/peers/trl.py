@@ -1,0 +1,36 @@
+"""trl 1.16's chunked lm_head: ``trl.kernels.chunked_logprob.ChunkedLogProbFunction``, the baseline of every ratio.
+
+Called as trl's fused head calls it (``vocab chunk = 32768``, outputs = entropy only). On CUDA it folds each
+``[4096, 32768]`` cuBLAS tile with Triton; on CPU with torch ops (its own fallback). The GRPO mode puts trl's loss
+math (eager torch, ``grpo_math``) on top, as the trainer does.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import torch
+from packaging.version import Version
+
+from .base import Runner, Unavailable, import_peer, logprob_runner, on_flat_tokens
+
+TRL_CHUNK_SIZE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in trl 1.16
+
+
+def build(mode: str, device: str) -> Runner:
+    del device
+    try:
+        version = Version(importlib.metadata.version("trl"))
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise Unavailable("trl not installed") from exc
+    if version < Version("1.15"):
+        raise Unavailable(f"trl {version} has no chunked head (trl.kernels.chunked_logprob); needs trl >= 1.15")
+    ChunkedLogProbFunction = import_peer("trl.kernels.chunked_logprob", "trl").ChunkedLogProbFunction
+
+    def op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp, entropy, *_ = ChunkedLogProbFunction.apply(
+            hidden, weight, None, targets, 1.0, TRL_CHUNK_SIZE, None, 1.0, ("entropy",)
+        )
+        return logp, entropy
+
+    return logprob_runner(mode, on_flat_tokens(op))
