@@ -11,7 +11,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/../.."
 cd "$ROOT"
 unset TRITON_INTERPRET
-export TRITON_DEFAULT_FP_FUSION=1
+# No TRITON_DEFAULT_FP_FUSION: every launch and compile_report pass enable_fp_fusion (fastgrpo_kernels.configs.FP_FUSION),
+# so triton 3.9's warning about that default would mean a launch left it to Triton.
+unset TRITON_DEFAULT_FP_FUSION TRITON_FORCE_DISABLE_FP_FUSION
 JOBS="$(nproc)"
 
 echo "== triton $(python -c 'import triton; print(triton.__version__)'): the full matrix"
