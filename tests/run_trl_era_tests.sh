@@ -56,6 +56,10 @@ else
 fi
 # Always (re)install this checkout: a reused venv may point at another clone.
 "$VENV/bin/pip" install --quiet --no-compile --no-deps -e "$ROOT"
+# peft (above) brings the newest transformers when the venv is created, and with it Hugging Face's kernels, which the
+# eras' transformers 5.24.0 does not need: remove it, so that this is the venv without it (tests/test_layout.py below;
+# an era whose transformers requires it installs it again, and that test then skips, saying so).
+"$VENV/bin/pip" uninstall --quiet --yes kernels 2>/dev/null || true
 
 cd "$ROOT"
 failed=()
@@ -78,6 +82,7 @@ for era in $ERAS; do
 done
 # The checkout layout under this venv's transformers, which has no Hugging Face `kernels` to import: the checkout's
 # kernels/ folder (a namespace portion) must not look like that package to it (once, with the last era's trl).
+"$VENV/bin/python" tests/ci/versions.py "layout tests"
 if ! "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_layout.py -rs; then
   failed+=("layout")
 fi
