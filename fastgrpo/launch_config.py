@@ -11,9 +11,11 @@ frozen-head route, for every kernel family (``fwd``, ``fwd_softmax_w``, ``bwd``,
 5. ``override(...)`` fields (tests force several vocabulary splits and small workspaces; tuning scripts try
    variants).
 
-The launchers (``fastgrpo/triton_backend.py``, ``fastgrpo/grpo/launch.py``) get every config from here and build
-none themselves. State (overrides, autotuning, tuned-table directory) lives in a resolver object: the launchers use
-:func:`current`; tests build their own and install it with :func:`use`.
+Every kernel config also carries the compile options a launch passes explicitly (``configs.LaunchOptions``: FP
+fusion, pinned by ``configs.FP_FUSION``), so no launch depends on Triton's defaults. The launchers
+(``fastgrpo/triton_backend.py``, ``fastgrpo/grpo/launch.py``) get every config from here and build none themselves.
+State (overrides, autotuning, tuned-table directory) lives in a resolver object: the launchers use :func:`current`;
+tests build their own and install it with :func:`use`.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         part_acc_ptr=part_acc, v_per_split=v_per_split, **common,
         USE_TMA=x_desc is not None, DOT_PRECISION=_dot_precision(compute_dtype),
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=cfg.enable_fp_fusion,
     )  # fmt: skip
     combine_splits_kernel[(triton.cdiv(n, combine.block_n),)](
         part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2], part_acc_ptr=part_acc, tgt_ptr=targets,
@@ -157,6 +157,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         target_scale_ptr=target_scale if accumulate_softmax_w else logp,
         SPLITS=splits, ignore_index=opts.ignore_index, **common,
         BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
+        enable_fp_fusion=combine.enable_fp_fusion,
     )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
 
@@ -249,6 +250,7 @@ def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, 
             GROUP_N=cfg.group_n,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
+            enable_fp_fusion=cfg.enable_fp_fusion,
         )
         dy = ws[:, :wd]
         if need_x:

@@ -64,7 +64,9 @@ def _full_parameters(trainer: Any) -> dict[str, Any]:
 
 
 class _FullTensorCalls:
-    """Counts ``DTensor.full_tensor`` calls (the fused heads gather a sharded FSDP2 head with it)."""
+    """Counts ``DTensor.full_tensor`` calls on weights (the fused heads gather a sharded FSDP2 head with it). Scalars
+    are not counted: recent accelerate (1.15, 1.16; not 1.10.1) clips gradients DTensor-aware and gathers the grad
+    norm (a 0-dim DTensor) with ``full_tensor()`` at every optimizer step, whichever head runs."""
 
     def __init__(self) -> None:
         from torch.distributed.tensor import DTensor
@@ -75,8 +77,9 @@ class _FullTensorCalls:
         counter = self
 
         def full_tensor(self: Any, *, grad_placements: Any = None) -> Any:
-            counter.count += 1
-            counter.grad_placements.append(str(grad_placements))
+            if self.ndim > 0:
+                counter.count += 1
+                counter.grad_placements.append(str(grad_placements))
             return counter._original(self, grad_placements=grad_placements)
 
         DTensor.full_tensor = full_tensor  # type: ignore[method-assign]

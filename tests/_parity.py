@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,6 +63,8 @@ _TOKENIZER_DIR: dict[str, Any] = {}
 def tokenizer_dir() -> tuple[Path, Any]:
     if "dir" not in _TOKENIZER_DIR:
         d = Path(tempfile.mkdtemp(prefix="fastgrpo-tok-"))
+        # One per process (pytest, and each subprocess or torchrun worker that builds models): removed at its exit.
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
         _TOKENIZER_DIR["dir"], _TOKENIZER_DIR["tok"] = d, build_tokenizer(d)
     return _TOKENIZER_DIR["dir"], _TOKENIZER_DIR["tok"]
 

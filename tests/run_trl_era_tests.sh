@@ -13,6 +13,14 @@
 #   PYTHON                 interpreter that creates the venv (default python3)
 set -euo pipefail
 
+# Exact versions, unlike the main stage (which resolves the newest releases the declared ranges allow), because:
+# - transformers 5.24.0 for every era: one transformers for all eras, so what differs between eras is trl alone (the
+#   fingerprints and seams under test are trl's); and 5.24.0 is the newest transformers that does not require Hugging
+#   Face's `kernels` (5.25.0 does), so this is the one CI venv where the checkout's namespace `kernels/` folder meets
+#   a transformers with no `kernels` installed (tests/test_layout.py, run after the eras).
+# - torch 2.13.0: the local CPU wheel (an unpinned torch would pull multi-GB CUDA wheels; 2.14+ is such a build only).
+# - triton 3.9.0, accelerate 1.15.0: fixed so that a reused venv (see FASTGRPO_TRL_ERA_VENV) tests what a fresh one
+#   does. The newest of each runs in the main stages.
 ERAS="${FASTGRPO_TRL_ERAS:-1.10.0:5.24.0 1.12.0:5.24.0 1.14.2:5.24.0 1.15.0:5.24.0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FASTGRPO_TRL_ERA_VENV:-${TMPDIR:-/tmp}/fastgrpo-trl-eras-venv}"
@@ -48,6 +56,10 @@ else
 fi
 # Always (re)install this checkout: a reused venv may point at another clone.
 "$VENV/bin/pip" install --quiet --no-compile --no-deps -e "$ROOT"
+# peft (above) brings the newest transformers when the venv is created, and with it Hugging Face's kernels, which the
+# eras' transformers 5.24.0 does not need: remove it, so that this is the venv without it (tests/test_layout.py below;
+# an era whose transformers requires it installs it again, and that test then skips, saying so).
+"$VENV/bin/pip" uninstall --quiet --yes kernels 2>/dev/null || true
 
 cd "$ROOT"
 failed=()
@@ -57,7 +69,7 @@ for era in $ERAS; do
   start=$(date +%s)
   "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}" "trl==${trl_version}" \
     "transformers==${transformers_version}"
-  "$VENV/bin/python" -c "import torch, trl, transformers; print('== era: torch', torch.__version__, '| trl', trl.__version__, '| transformers', transformers.__version__)"
+  "$VENV/bin/python" tests/ci/versions.py "trl era $trl_version"
   "$VENV/bin/python" -m fastgrpo.integration.fingerprints
   if "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not gpu" "${TESTS[@]}" \
     --deselect tests/test_patch.py::test_importing_fastgrpo_neither_imports_nor_patches_trl \
@@ -68,6 +80,12 @@ for era in $ERAS; do
     failed+=("$trl_version")
   fi
 done
+# The checkout layout under this venv's transformers, which has no Hugging Face `kernels` to import: the checkout's
+# kernels/ folder (a namespace portion) must not look like that package to it (once, with the last era's trl).
+"$VENV/bin/python" tests/ci/versions.py "layout tests"
+if ! "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_layout.py -rs; then
+  failed+=("layout")
+fi
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "== trl eras failed: ${failed[*]}" >&2
   exit 1

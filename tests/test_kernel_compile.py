@@ -15,6 +15,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -36,7 +37,6 @@ cr = _load_report()
 def _run_report(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """tools/compile_report.py in a subprocess without TRITON_INTERPRET (the compiler must see the kernels)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "compile_report.py"), *args],
         env=env, capture_output=True, text=True, timeout=timeout,
@@ -168,6 +168,72 @@ def test_readme_support_matrix_is_generated():
     table = proc.stdout.strip()
     assert table.count("\n|") == len(cr.ARCHS) + 1 and "Minimum versions: torch >= " in table
     assert table in (ROOT / "README.md").read_text(), f"regenerate README's GPU support table:\n{table}"
+
+
+# Compiles the sm_90 bf16 forward as the gate does, once with the configs' FP fusion setting and once flipped, then
+# once with no setting at all (last: Triton warns at most once per process). Prints one JSON object.
+_FP_FUSION_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys, warnings
+
+    spec = importlib.util.spec_from_file_location("compile_report", sys.argv[1])
+    cr = importlib.util.module_from_spec(spec)
+    sys.modules["compile_report"] = cr
+    spec.loader.exec_module(cr)
+    from fastgrpo_kernels import configs
+
+    jobs, _ = cr.jobs_for([90], ["bf16"], ["fwd"])  # the gate's job: the launch table's config for sm_90
+    job = next(j for j in jobs if j.load == "ptr")
+    real_compile = cr.triton.compile
+
+    def compile_without_setting(src, target=None, options=None):  # what a launch without the option compiles
+        return real_compile(src, target=target, options={k: v for k, v in options.items() if k != "enable_fp_fusion"})
+
+    results = []
+    for fusion in (job.fields["enable_fp_fusion"], not job.fields["enable_fp_fusion"], None):
+        fields = dict(job.fields, enable_fp_fusion=bool(fusion))
+        cr.triton.compile = real_compile if fusion is not None else compile_without_setting
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = cr.compile_job(cr.Job(90, "bf16", "fwd", "ptr", tuple(sorted(fields.items()))))
+        cr.triton.compile = real_compile
+        ptx = compiled.asm["ptx"]
+        results.append(dict(
+            fusion=fusion, fma=ptx.count("fma.rn"), mul=ptx.count("mul.rn"),
+            warnings=[str(w.message) for w in caught if "FP_FUSION" in str(w.message)],
+        ))
+    print(json.dumps(dict(configured=configs.FP_FUSION, results=results)))
+    """
+)
+
+
+def test_fp_fusion_is_pinned_without_the_environment_variable():
+    """Every launch passes ``enable_fp_fusion`` (fastgrpo_kernels.configs.FP_FUSION), so compiling the forward with
+    TRITON_DEFAULT_FP_FUSION unset raises none of Triton 3.9's warnings about its default changing in 3.10, and its
+    PTX has fused multiply-adds (``fma.rn``) exactly when the setting says so. The flipped setting must flip the PTX
+    (no fma.rn, explicit ``mul.rn``), and a compile without the option must warn, or this test could not fail."""
+    import json
+
+    drop = ("TRITON_INTERPRET", "TRITON_DEFAULT_FP_FUSION", "TRITON_FORCE_DISABLE_FP_FUSION")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FP_FUSION_SCRIPT, str(ROOT / "tools" / "compile_report.py")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("Triton's ptxas is not available")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    configured, flipped, unset = out["results"]
+    assert configured["fusion"] is out["configured"] and flipped["fusion"] is not out["configured"]
+    for r in (configured, flipped):
+        assert r["warnings"] == [], r  # the setting is explicit: nothing left to Triton's default
+        assert (r["fma"] > 0) == r["fusion"], r  # fusion on: FMAs; off: none, Triton writes mul.rn + add.rn
+        assert (r["mul"] > 0) == (not r["fusion"]), r
+    import triton
+
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) == (3, 9):  # the release that warns
+        assert unset["warnings"], "the warning check is vacuous: an unset compile did not warn"
 
 
 @pytest.mark.stage

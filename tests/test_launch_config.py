@@ -125,6 +125,32 @@ def test_arch_table_layout():
                     configs.CONFIG_CLASSES[kernel].from_dict(fields)  # raises on a misspelt field
 
 
+def test_fp_fusion_is_pinned_for_every_kernel_launch(monkeypatch):
+    """Every kernel family's config carries FP fusion (``LaunchOptions``), and every launch config the resolver
+    gives (each family x kernel x precision, the interpreter's, the autotuning candidates) has the pinned setting:
+    none leaves it to Triton, whose default changes in 3.10. A tuned entry or an override may still set it."""
+    kernel_classes = {configs.CONFIG_CLASSES[k] for k in arch_configs.KERNELS}
+    assert all(issubclass(cls, configs.LaunchOptions) for cls in kernel_classes)
+    assert not issubclass(FrozenRoute, configs.LaunchOptions)  # a route, not a launch
+    assert isinstance(configs.FP_FUSION, bool)
+    resolved = []
+    for capability, family in FAMILIES.items():
+        if family in arch_configs.TORCH_PATH:
+            continue
+        _capability(monkeypatch, capability)
+        r = LaunchConfigResolver(interpret=False)
+        for kind in arch_configs.KERNELS:
+            for precision in arch_configs.PRECISIONS:
+                resolved.append(r.resolve(kind, precision, device=CUDA))
+                resolved += r.candidates(kind, precision)
+    interp = LaunchConfigResolver(interpret=True)
+    resolved += [interp.resolve(kind, "bf16", device=CUDA) for kind in arch_configs.KERNELS]
+    assert {c.enable_fp_fusion for c in resolved} == {configs.FP_FUSION}
+    flipped = KernelConfig.from_dict({"enable_fp_fusion": not configs.FP_FUSION})
+    assert flipped.to_dict() == {"enable_fp_fusion": not configs.FP_FUSION} and "fp_fusion=" in flipped.label()
+    assert KernelConfig(64, 64) == KernelConfig(block_n=64, block_v=64)  # the field is keyword-only
+
+
 # ---- the order of resolution ----
 
 
@@ -263,7 +289,7 @@ def test_grpo_loss_config_blocks(monkeypatch):
         assert gpu.resolve("grpo_loss", "fp32", device=CUDA, n=bsz, h=seqlen).blocks(bsz, seqlen) == on_gpu
         assert interp.grpo_loss_config(logps).blocks(bsz, seqlen) == on_interp
         with launch_config.use(interp):
-            assert grpo_launch._launch_config(logps) == (*on_interp, 4)
+            assert grpo_launch._launch_config(logps) == (*on_interp, 4, configs.FP_FUSION)
 
 
 # ---- nothing bypasses the resolver ----
@@ -292,8 +318,15 @@ def test_no_layer_builds_or_hard_codes_a_launch_config():
                 dc_replace = func == "replace" and getattr(getattr(node.func, "value", None), "id", "") == "dataclasses"
                 if func in built or func == "from_dict" or dc_replace:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} builds a config with {func}(...)")
+            if path in LAUNCHERS and isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                # a kernel launch, kernel[grid](...): FP fusion from its config, never Triton's default
+                fusion = [k.value for k in node.keywords if k.arg == "enable_fp_fusion"]
+                if not fusion or isinstance(fusion[0], ast.Constant):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} launches without the config's FP fusion")
             if path in LAUNCHERS and isinstance(node, ast.keyword) and node.arg is not None:
-                launch_arg = node.arg in ("num_warps", "num_stages") or node.arg.startswith("BLOCK_")
+                launch_arg = node.arg in ("num_warps", "num_stages", "enable_fp_fusion") or node.arg.startswith(
+                    "BLOCK_"
+                )
                 if launch_arg and isinstance(node.value, ast.Constant):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} passes {node.arg}={node.value.value}")
     assert not offenders, offenders
@@ -307,7 +340,8 @@ class _KernelSpy:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            meta = {k: v for k, v in kwargs.items() if k.startswith("BLOCK_") or k in ("num_warps", "num_stages")}
+            launch = ("num_warps", "num_stages", "enable_fp_fusion")
+            meta = {k: v for k, v in kwargs.items() if k.startswith("BLOCK_") or k in launch}
             self.launches.append((self.name, meta))
             return self.kernel[grid](*args, **kwargs)
 
@@ -317,7 +351,7 @@ class _KernelSpy:
 @pytest.mark.interpreter
 def test_every_launch_uses_the_resolved_config(monkeypatch):
     """Distinctive overrides for every kernel family: each launch (forward, combine, dL/dy, GRPO loss) carries
-    exactly the block sizes and warps the resolver returned for its kind."""
+    exactly the block sizes, warps and FP fusion setting the resolver returned for its kind."""
     from fastgrpo.grpo import grpo_loss
 
     launches = []
@@ -328,9 +362,10 @@ def test_every_launch_uses_the_resolved_config(monkeypatch):
         (grpo_launch, "grpo_loss_fwd_kernel"),
     ]:
         monkeypatch.setattr(module, name, _KernelSpy(name, getattr(module, name), launches))
-    gemm = dict(block_n=32, block_v=16, block_k=32, num_warps=2, num_stages=2)
+    flip = not configs.FP_FUSION  # the GEMMs and the loss flipped, the combine as configured: each launch its own
+    gemm = dict(block_n=32, block_v=16, block_k=32, num_warps=2, num_stages=2, enable_fp_fusion=flip)
     combine = dict(block_n=32, block_k=32, num_warps=1)
-    loss = dict(max_block_t=16, max_tile=64, num_warps=2)
+    loss = dict(max_block_t=16, max_tile=64, num_warps=2, enable_fp_fusion=flip)
     r = LaunchConfigResolver()
     resolved = []
     real_resolve = r.resolve
@@ -344,7 +379,7 @@ def test_every_launch_uses_the_resolved_config(monkeypatch):
         logps = torch.randn(3, 40, requires_grad=True)
         mask = torch.ones(3, 40)
         grpo_loss(logps, torch.randn(3), mask, loss_type="grpo", backend="triton").loss.backward()
-    want_gemm = dict(BLOCK_N=32, BLOCK_V=16, BLOCK_K=32, num_warps=2, num_stages=2)
+    want_gemm = dict(BLOCK_N=32, BLOCK_V=16, BLOCK_K=32, num_warps=2, num_stages=2, enable_fp_fusion=flip)
     block_b, block_t = GRPOLossConfig(**loss).blocks(3, 40)
     assert [n for n, _ in launches] == [
         "linear_logprobs_fwd_kernel",
@@ -356,8 +391,8 @@ def test_every_launch_uses_the_resolved_config(monkeypatch):
         want = {
             "linear_logprobs_fwd_kernel": want_gemm,
             "linear_logprobs_dlogits_kernel": want_gemm,
-            "combine_splits_kernel": dict(BLOCK_N=32, BLOCK_K=32, num_warps=1),
-            "grpo_loss_fwd_kernel": dict(BLOCK_B=block_b, BLOCK_T=block_t, num_warps=2),
+            "combine_splits_kernel": dict(BLOCK_N=32, BLOCK_K=32, num_warps=1, enable_fp_fusion=configs.FP_FUSION),
+            "grpo_loss_fwd_kernel": dict(BLOCK_B=block_b, BLOCK_T=block_t, num_warps=2, enable_fp_fusion=flip),
         }[name]
         assert meta == want, name
     assert {"fwd", "combine", "bwd", "grpo_loss"} <= set(resolved)

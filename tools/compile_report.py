@@ -133,23 +133,27 @@ class Result:
 # ---- launch parameters: the one place that turns table entries into compile parameters ----
 
 
+# The KernelConfig fields that reach the compiler.
+_GEMM_PARAMS = ("block_n", "block_v", "block_k", "group_n", "num_warps", "num_stages", "use_tma", "enable_fp_fusion")
+
+
 def launch_params(arch: int, family: str, precision: str, overrides: dict | None = None) -> dict | None:
     """The launch parameters of ``family`` for ``precision`` operands on target ``arch``, as the launchers use them
     (None: no Triton kernel, the torch path). GEMM families: ``KernelConfig`` fields; combine: block_n, block_k,
     num_warps (the launcher's num_stages: Triton's default); GRPO loss: the largest tile the launcher's block sizing
-    gives (max_tile elements, rows of max_block_t tokens) and its warps."""
+    gives (max_tile elements, rows of max_block_t tokens) and its warps. Every family: ``enable_fp_fusion``."""
     fields = arch_configs.default(ARCHS[arch], family, precision)
     if fields is None:
         return None
     cfg = configs.CONFIG_CLASSES[family].from_dict(fields)  # the resolver's config object for this entry
     if family in GEMM_FAMILIES:
         cfg = dataclasses.replace(cfg, **(overrides or {}))
-        keep = ("block_n", "block_v", "block_k", "group_n", "num_warps", "num_stages", "use_tma")
-        return {k: getattr(cfg, k) for k in keep}
+        return {k: getattr(cfg, k) for k in _GEMM_PARAMS}
+    fusion = dict(enable_fp_fusion=cfg.enable_fp_fusion)
     if family == "combine":
-        return dict(block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps)
+        return dict(block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps, **fusion)
     block_b, block_t = cfg.blocks(1 << 20, 1 << 20)  # the launcher's sizing for a large batch: the largest tile
-    return dict(block_b=block_b, block_t=block_t, num_warps=cfg.num_warps)
+    return dict(block_b=block_b, block_t=block_t, num_warps=cfg.num_warps, **fusion)
 
 
 def jobs_for(
@@ -203,9 +207,16 @@ def _signature(kernel, dtype: str, boxes: dict) -> dict:
 
 
 def compile_kernel(
-    kernel, constexprs: dict, dtype: str = "bf16", arch: int = 90, num_warps: int = 8, num_stages: int = 3
+    kernel,
+    constexprs: dict,
+    dtype: str = "bf16",
+    arch: int = 90,
+    num_warps: int = 8,
+    num_stages: int = 3,
+    enable_fp_fusion: bool = configs.FP_FUSION,
 ):
-    """Compile one lm_head kernel (forward, dL/dy or combine) with ``dtype`` operand pointers for ``arch``."""
+    """Compile one lm_head kernel (forward, dL/dy or combine) with ``dtype`` operand pointers for ``arch``, with the
+    FP fusion setting a launch passes (the configs' default unless given)."""
     params = list(inspect.signature(kernel.fn).parameters)
     boxes = {}
     if constexprs.get("USE_TMA"):
@@ -224,9 +235,8 @@ def compile_kernel(
         constexprs=_by_index(params, constexprs),
         attrs=attrs,
     )
-    return triton.compile(
-        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
-    )
+    options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": enable_fp_fusion}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _by_index(params: list[str], values: dict) -> dict:
@@ -234,7 +244,14 @@ def _by_index(params: list[str], values: dict) -> dict:
 
 
 def compile_grpo_loss(
-    arch: int, precision: str, block_b: int, block_t: int, num_warps: int, loss_kind: int = 3, everything: bool = True
+    arch: int,
+    precision: str,
+    block_b: int,
+    block_t: int,
+    num_warps: int,
+    loss_kind: int = 3,
+    everything: bool = True,
+    enable_fp_fusion: bool = configs.FP_FUSION,
 ):
     """Compile the GRPO loss kernel as ``fastgrpo/grpo/launch.py`` launches it. By default every optional input is
     present (the most registers): vespo (``loss_kind`` 3, the longest loss), sequence-level ratios, KL with bias
@@ -262,7 +279,8 @@ def compile_grpo_loss(
         const["POLICY"] = None
     attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr")}
     src = ASTSource(fn=kernel, signature=sig, constexprs=_by_index(params, const), attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, "enable_fp_fusion": enable_fp_fusion}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
@@ -285,11 +303,14 @@ def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
 
 def compile_job(job: Job):
     p = job.fields
+    fusion = p.get("enable_fp_fusion", configs.FP_FUSION)
     if job.family == "grpo_loss":
-        return compile_grpo_loss(job.arch, job.precision, p["block_b"], p["block_t"], p["num_warps"])
+        blocks = (p["block_b"], p["block_t"], p["num_warps"])
+        return compile_grpo_loss(job.arch, job.precision, *blocks, enable_fp_fusion=fusion)
     const = _lm_head_constexprs(job.family, job.precision, p)
     stages = p.get("num_stages", 3)  # the combine launch passes none: Triton's default, 3
-    return compile_kernel(_KERNELS[job.family], const, _PTR[job.precision], job.arch, p["num_warps"], stages)
+    kernel = _KERNELS[job.family]
+    return compile_kernel(kernel, const, _PTR[job.precision], job.arch, p["num_warps"], stages, fusion)
 
 
 def inspect_compiled(compiled) -> Result:
@@ -414,8 +435,7 @@ def candidate_jobs(precision: str) -> list[Job]:
     jobs = []
     for family in GEMM_FAMILIES:
         for cfg in configs.candidates(family, precision, interpret=False):
-            keep = ("block_n", "block_v", "block_k", "group_n", "num_warps", "num_stages", "use_tma")
-            p = {k: getattr(cfg, k) for k in keep}
+            p = {k: getattr(cfg, k) for k in _GEMM_PARAMS}
             jobs.append(Job(90, precision, family, "tma" if cfg.use_tma else "ptr", tuple(sorted(p.items()))))
     return list(dict.fromkeys(jobs))
 

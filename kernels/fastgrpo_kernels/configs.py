@@ -44,8 +44,23 @@ class _Fields:
         return cls(**fields)
 
 
+# FMA contraction (a * b + c in one rounding) in every kernel, pinned instead of left to Triton's default, which
+# Triton 3.10 turns off: on, as every Triton up to 3.9 compiled these kernels, and as nvcc and cuBLAS do. Why on, and
+# what it changes: docs/kernel_notes.md, "FP fusion".
+FP_FUSION: bool = True
+
+
 @dataclass(frozen=True)
-class KernelConfig(_Fields):
+class LaunchOptions(_Fields):
+    """Compile options every kernel launch passes to Triton explicitly, so no launch depends on Triton's defaults or
+    environment variables. Each launch config of a kernel family derives from this class (keyword-only fields, so
+    subclasses keep their positional order) and the launchers pass these fields with each launch."""
+
+    enable_fp_fusion: bool = dataclasses.field(default=FP_FUSION, kw_only=True)
+
+
+@dataclass(frozen=True)
+class KernelConfig(LaunchOptions):
     """The lm_head GEMM kernels (``fwd``, ``fwd_softmax_w``, ``bwd``)."""
 
     block_n: int = 128  # rows per program
@@ -81,11 +96,13 @@ class KernelConfig(_Fields):
             text += f" min_splits={self.min_splits}"
         if self.workspace_bytes != default.workspace_bytes:
             text += f" workspace_bytes={self.workspace_bytes >> 20}M"
+        if self.enable_fp_fusion != default.enable_fp_fusion:
+            text += f" fp_fusion={self.enable_fp_fusion}"
         return text
 
 
 @dataclass(frozen=True)
-class CombineConfig(_Fields):
+class CombineConfig(LaunchOptions):
     """The forward's combine of vocabulary splits (``combine``)."""
 
     block_n: int = 64  # rows per program
@@ -97,7 +114,7 @@ class CombineConfig(_Fields):
 
 
 @dataclass(frozen=True)
-class GRPOLossConfig(_Fields):
+class GRPOLossConfig(LaunchOptions):
     """The GRPO loss kernel (``grpo_loss``): whole rows per program, tiles of at most ``max_tile`` elements."""
 
     max_block_t: int = 512  # tokens per tile (a row longer than this loops)

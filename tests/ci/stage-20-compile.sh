@@ -11,8 +11,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/../.."
 cd "$ROOT"
 unset TRITON_INTERPRET
-export TRITON_DEFAULT_FP_FUSION=1
+# No TRITON_DEFAULT_FP_FUSION: every launch and compile_report pass enable_fp_fusion (fastgrpo_kernels.configs.FP_FUSION),
+# so triton 3.9's warning about that default would mean a launch left it to Triton.
+unset TRITON_DEFAULT_FP_FUSION TRITON_FORCE_DISABLE_FP_FUSION
 JOBS="$(nproc)"
+python tests/ci/versions.py  # what this stage tests with, one line
 
 echo "== triton $(python -c 'import triton; print(triton.__version__)'): the full matrix"
 python tools/compile_report.py --ci --check --jobs "$JOBS"
@@ -29,6 +32,7 @@ fi
 MAIN_SITE="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 VENV_SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "import site; site.addsitedir('$MAIN_SITE')" > "$VENV_SITE/zz-fastgrpo-main-env.pth"
+"$VENV/bin/python" tests/ci/versions.py "triton 3.6.0 venv"
 echo "== triton $("$VENV/bin/python" -c 'import triton; print(triton.__version__)'): sm_80 + sm_90"
 "$VENV/bin/python" tools/compile_report.py --ci --check --jobs "$JOBS"
 # triton 3.6's interpreter with the pinned numpy: the kernel-helper and GRPO loss tests (about 20 s).

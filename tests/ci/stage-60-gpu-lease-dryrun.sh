@@ -1,6 +1,7 @@
 # The GPU lease's CPU dry run: the same script the GPU runs (benchmarks/fastgrpo_benchmarks/gpu/run.sh lease) with a fake $OUT, the Triton
 # interpreter and tiny sizes, carried wheels installed into a target folder with the lease's own pip command line
 # (fastgrpo's wheel, built here), then a schema check of every stage file and the device tool's 8-file cap.
+python tests/ci/versions.py  # what this stage tests with, one line
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/lease-dryrun.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 python -m pip wheel --no-deps -q -w "$TMP/whl" .
