@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from typing import Literal, NamedTuple
 
@@ -36,6 +37,27 @@ def _triton_importable() -> bool:
     return True
 
 
+# The oldest triton the kernels are compiled and gated with (tests/ci/stage-20-compile.sh). Not a pip requirement:
+# torch brings its Triton (pytorch-triton-rocm on ROCm; see pyproject.toml), so the floor is checked here.
+TRITON_FLOOR = (3, 6)
+
+
+def _triton_too_old() -> str | None:
+    """Why the importable triton cannot run fastgrpo's kernels (older than ``TRITON_FLOOR``), or None."""
+    import triton
+
+    version = triton.__version__
+    parts = [int(p) for p in re.findall(r"\d+", version.split("+", 1)[0])[:2]]
+    if tuple(parts) >= TRITON_FLOOR:
+        return None
+    floor = ".".join(map(str, TRITON_FLOOR))
+    return (
+        f"triton {version} is older than {floor}, the oldest triton fastgrpo's kernels are built for; upgrade torch "
+        f"(torch >= 2.10 brings triton >= {floor}; on ROCm, its pytorch-triton-rocm) or, with a CPU-only torch, "
+        f"pip install 'triton>={floor}'"
+    )
+
+
 def _unsupported_reason(device: torch.device) -> str | None:
     from .launch_config import unsupported_reason  # imports triton
 
@@ -61,6 +83,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if not _triton_importable():
             raise ValueError("backend='triton' needs the triton package, which is not importable")
+        if (reason := _triton_too_old()) is not None:
+            raise ValueError(f"backend='triton': {reason}")
         if not gpu and not triton_interpreter_enabled():
             raise ValueError(
                 f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 set before triton is imported; "
@@ -71,6 +95,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "triton"
     if gpu or (device.type == "cpu" and triton_interpreter_enabled()):
         if _triton_importable():
+            if (reason := _triton_too_old()) is not None:
+                log_once(f"old-triton|{reason}", f"fastgrpo: {reason}; using the slower chunked torch path")
+                return "torch"
             return _unless_unsupported(device)
         log_once("no-triton", "fastgrpo: triton is not importable; using the slower chunked torch path")
     return "torch"

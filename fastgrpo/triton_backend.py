@@ -36,12 +36,12 @@ def _dot_dtype(compute_dtype: torch.dtype):
     return tl.float32 if INTERPRET else _TL_DTYPES[compute_dtype]
 
 
-def _dot_precision(compute_dtype: torch.dtype) -> str | None:
-    # fp32 inputs: TF32 exactly when torch's own fp32 CUDA matmuls may use it (fastgrpo/precision.py).
+def _dot_precision(compute_dtype: torch.dtype, device: torch.device | None = None) -> str | None:
+    # fp32 inputs: TF32 exactly when torch's own fp32 matmuls on that device may use it (fastgrpo/precision.py).
     # 16-bit inputs: None, Triton's default (the setting only concerns fp32 operands).
     if compute_dtype != torch.float32:
         return None
-    return precision.fp32_dot_precision()
+    return precision.fp32_dot_precision(device)
 
 
 def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
@@ -57,7 +57,7 @@ def _descriptors(cfg: configs.KernelConfig, hidden: torch.Tensor, weight: torch.
     """TMA descriptors for the config's tiles when it asks for them and they can be built, else (None, None)."""
     if not cfg.use_tma:
         return None, None
-    exact_fp32 = _dot_precision(compute_dtype) == "ieee"
+    exact_fp32 = _dot_precision(compute_dtype, hidden.device) == "ieee"
     return tma.descriptors(hidden, weight, cfg.block_n, cfg.block_v, cfg.block_k, exact_fp32)
 
 
@@ -96,7 +96,8 @@ def _on_device(device: torch.device):
 
 def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:
     """What selects a launch config: operand precision ("tf32" for fp32 operands on tensor cores), sizes, device."""
-    precision = "tf32" if _dot_precision(compute_dtype) == "tf32" else launch_config.dtype_precision(compute_dtype)
+    tf32 = _dot_precision(compute_dtype, hidden.device) == "tf32"
+    precision = "tf32" if tf32 else launch_config.dtype_precision(compute_dtype)
     return dict(
         precision=precision,
         n=hidden.shape[0],
@@ -146,9 +147,9 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
         x_desc=x_desc, w_desc=w_desc, part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2],
         part_acc_ptr=part_acc, v_per_split=v_per_split, **common,
-        USE_TMA=x_desc is not None, DOT_PRECISION=_dot_precision(compute_dtype),
+        USE_TMA=x_desc is not None, DOT_PRECISION=_dot_precision(compute_dtype, dev),
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.amd_options(),
     )  # fmt: skip
     combine_splits_kernel[(triton.cdiv(n, combine.block_n),)](
         part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2], part_acc_ptr=part_acc, tgt_ptr=targets,
@@ -156,7 +157,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         softmax_w_ptr=softmax_w if accumulate_softmax_w else logp,
         target_scale_ptr=target_scale if accumulate_softmax_w else logp,
         SPLITS=splits, ignore_index=opts.ignore_index, **common,
-        BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
+        BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps, **combine.amd_options(),
     )  # fmt: skip
     return logp, entropy, lse, softmax_w, target_scale
 
@@ -242,13 +243,14 @@ def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, 
             HAS_BIAS_GRAD=need_b,
             USE_TMA=x_desc is not None,
             DOT_DTYPE=_dot_dtype(compute_dtype),
-            DOT_PRECISION=_dot_precision(compute_dtype),
+            DOT_PRECISION=_dot_precision(compute_dtype, dev),
             BLOCK_N=cfg.block_n,
             BLOCK_V=cfg.block_v,
             BLOCK_K=cfg.block_k,
             GROUP_N=cfg.group_n,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
+            **cfg.amd_options(),
         )
         dy = ws[:, :wd]
         if need_x:

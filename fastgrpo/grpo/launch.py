@@ -27,12 +27,13 @@ class LaunchConfig(NamedTuple):
     block_b: int  # whole rows per program
     block_t: int  # tokens per tile
     num_warps: int
+    amd_options: tuple = ()  # (name, value) pairs of AMD-only launch options (configs.AMD_OPTIONS); none elsewhere
 
 
 def _launch_config(per_token_logps: torch.Tensor) -> LaunchConfig:
     """The GRPO loss kernel's block sizes and warps, from the launch-config resolver (the one place they are chosen)."""
     cfg = launch_config.current().grpo_loss_config(per_token_logps)
-    return LaunchConfig(*cfg.blocks(*per_token_logps.shape), cfg.num_warps)
+    return LaunchConfig(*cfg.blocks(*per_token_logps.shape), cfg.num_warps, tuple(cfg.amd_options().items()))
 
 
 def _row_major(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -132,5 +133,6 @@ def grpo_rows_triton(
             BLOCK_B=cfg.block_b,
             BLOCK_T=cfg.block_t,
             num_warps=cfg.num_warps,
+            **dict(cfg.amd_options),
         )
     return stats, grad_lp, grad_ent
