@@ -211,10 +211,11 @@ _AMD_16_GFX950 = dict(block_n=128, block_v=128, block_k=64, num_warps=8, num_sta
 # are MFMA tiles (128x128x32, where NVIDIA's FMA tiles are 64x64x16). The frozen-head forward spills at 128x128x32
 # (gfx942 104 VGPRs / 404 B scratch, gfx90a 88 / 328 B); 128x64x32 is clean on triton 3.9 (232 VGPRs) but spills
 # 2 VGPRs (8 B scratch) on gfx942 under triton 3.6 (256 VGPRs, the cap for 8 waves); with 16x16 MFMA it takes
-# 146 (3.9) / 150 (3.6) VGPRs on gfx942, clean on both: 128x64x32 mfma16 on gfx90a/942. gfx950 (async copies, more SGPR
-# pressure): the forward spills 17 SGPRs at 128x128x32 s2 and is clean at 128x128x16 (122 VGPRs); the frozen-head
-# forward spills 4-53 SGPRs at every 2-stage shape tried (128x64x16/32, 64x64x32 w4, 64x128x32 w4, 128x128x16) and
-# is clean at 128x64x32 with 1 stage (210 VGPRs); dL/dy is clean at 128x128x32 s2 (160 VGPRs).
+# 146 (3.9) / 150 (3.6) VGPRs on gfx942, clean on both, and 145 on gfx90a: 128x64x32 mfma16 on gfx90a/942.
+# gfx950 (async copies, more SGPR pressure): the forward spills 17 SGPRs at 128x128x32 s2 and is clean at 128x128x16
+# (122 VGPRs); the frozen-head forward spills 4-53 SGPRs at every 2-stage shape tried (128x64x16/32, 64x64x32 w4,
+# 64x128x32 w4, 128x128x16) and is clean at 128x64x32 with 1 stage (210 VGPRs); dL/dy is clean at 128x128x32 s2
+# (160 VGPRs).
 _AMD_FP32 = dict(block_n=128, block_v=128, block_k=32, num_warps=8, num_stages=2)
 _AMD_FROZEN_FP32 = dict(block_n=128, block_v=64, block_k=32, num_warps=8, num_stages=2, matrix_instr_nonkdim=16)
 _AMD_FP32_GFX950_FWD = dict(block_n=128, block_v=128, block_k=16, num_warps=8, num_stages=2)
