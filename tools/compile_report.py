@@ -92,6 +92,11 @@ _TL = {
 }
 _PTR = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}  # operand pointer element types
 _INT_ARGS = {"N", "H", "V", "v_per_split", "c0", "width", "SPLITS", "ignore_index"}
+# Integer pointers: targets (int64), the splits' first argmax columns (int32) and is_top1's bytes (uint8), as launched.
+_INT_PTRS = {"tgt_ptr": "*i64", "part_arg_ptr": "*i32", "is_top1_ptr": "*u8"}
+# trl's extra head outputs, where the kernels take them (forward, frozen-head forward, combine): compiled on, with
+# every other option, as the variant with the most registers.
+_EXTRA_OUTPUTS = ("HAS_LOG_SUM_SQ", "HAS_MEAN_LOGITS", "HAS_IS_TOP1")
 _FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
 # What Triton's JIT specializes at a real launch with contiguous Qwen-shaped inputs: unit inner strides become the
 # constant 1, and pointers and integers divisible by 16 carry that divisibility (which vectorized, pipelined async
@@ -207,7 +212,7 @@ def _signature(kernel, dtype: str, boxes: dict) -> dict:
             sig[p] = f"tensordesc<{dtype}[{', '.join(map(str, boxes[p]))}]>" if p in boxes else "constexpr"
         elif p.endswith("_ptr"):
             operand = p in ("x_ptr", "w_ptr", "b_ptr", "dy_ptr")
-            sig[p] = f"*{dtype}" if operand else "*i64" if p == "tgt_ptr" else "*fp32"
+            sig[p] = f"*{dtype}" if operand else _INT_PTRS.get(p, "*fp32")
         elif p.startswith("stride_"):
             sig[p] = "i64"
         elif p in _INT_ARGS:
@@ -311,11 +316,13 @@ def compile_grpo_loss(
 
 
 def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
-    """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient."""
+    """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient, trl's
+    extra outputs (log_sum_sq_probs, mean_logits, is_top1)."""
     dot = dict(DOT_DTYPE=_TL[precision])
     kernel_params = inspect.signature(_KERNELS[family].fn).parameters
     # softcap on: a HAS_SOFTCAP flag, or the first flag of a TRANSFORM tuple where the kernels take one
     common = dict(HAS_BIAS=True, **({"TRANSFORM": (True,)} if "TRANSFORM" in kernel_params else {"HAS_SOFTCAP": True}))
+    common.update({flag: True for flag in _EXTRA_OUTPUTS if flag in kernel_params})
     if family == "combine":
         return dict(common, HAS_ENTROPY=True, HAS_SOFTMAX_W=True, BLOCK_N=p["block_n"], BLOCK_K=p["block_k"], **dot)
     dot["DOT_PRECISION"] = {"fp32": "ieee", "tf32": "tf32"}.get(precision)

@@ -204,18 +204,27 @@ def _amd_gemm(b16: dict, fp32: dict, tf32: dict | None) -> dict[str, dict | None
 # gfx90a/942, 32 KiB; two async-copy LDS buffers on gfx950, 64 KiB); 3 stages double LDS without adding overlap
 # there. matrix_instr_nonkdim=16 and kpack=2: AMD's Triton tuning guidance for MI300 GEMMs; also what compiles
 # clean: without them the gfx942 frozen-head forward spills 2 SGPRs (32x32 MFMA, 48 KiB LDS). VGPRs incl. AGPRs
-# (triton 3.9, fwd / frozen fwd / dL/dy): gfx90a 148 / 235 / 132, gfx942 150 / 222 / 140, gfx950 136 / 220 / 146.
+# with every option on (triton 3.9, fwd / frozen fwd / dL/dy): gfx90a 168 / 150 / 132, gfx942 166 / 229 / 140,
+# gfx950 185 / 256 / 146.
 _AMD_16 = dict(block_n=128, block_v=128, block_k=64, num_warps=8, num_stages=2, matrix_instr_nonkdim=16, kpack=2)
 _AMD_16_GFX950 = dict(block_n=128, block_v=128, block_k=64, num_warps=8, num_stages=2, matrix_instr_nonkdim=16)
+# The frozen-head forward with trl's extra outputs on (log_sum_sq_probs, mean_logits, is_top1: more live registers)
+# spills at 128x128x64 on gfx942 (4 VGPRs, 20 B scratch) and gfx90a (11 VGPRs, 48 B) under triton 3.9; gfx950 stays
+# clean (256 VGPRs, 128 of them AGPRs). gfx942: 128x128x32 (229 VGPRs on 3.9, 247 on 3.6). gfx90a: 128x128x32 spills
+# 2 SGPRs (kpack 2) or 1 VGPR (kpack 1), 128x64x64 6 SGPRs, 128x128x64 with 1 stage is clean but unpipelined:
+# 128x64x32 (150 VGPRs), as sm_80's frozen tile, halving BLOCK_V rather than losing the pipeline.
+_AMD_FROZEN_16_GFX942 = {**_AMD_16, "block_k": 32}
+_AMD_FROZEN_16_GFX90A = {**_AMD_16, "block_v": 64, "block_k": 32}
 # Exact fp32 operands: CDNA has fp32 MFMA (v_mfma_f32_32x32x2_f32), and Triton uses it for "ieee" dots, so fp32 tiles
 # are MFMA tiles (128x128x32, where NVIDIA's FMA tiles are 64x64x16). The frozen-head forward spills at 128x128x32
 # (gfx942 104 VGPRs / 404 B scratch, gfx90a 88 / 328 B); 128x64x32 is clean on triton 3.9 (232 VGPRs) but spills
-# 2 VGPRs (8 B scratch) on gfx942 under triton 3.6 (256 VGPRs, the cap for 8 waves); with 16x16 MFMA it takes
-# 146 (3.9) / 150 (3.6) VGPRs on gfx942, clean on both, and 145 on gfx90a: 128x64x32 mfma16 on gfx90a/942.
-# gfx950 (async copies, more SGPR pressure): the forward spills 17 SGPRs at 128x128x32 s2 and is clean at 128x128x16
-# (122 VGPRs); the frozen-head forward spills 4-53 SGPRs at every 2-stage shape tried (128x64x16/32, 64x64x32 w4,
-# 64x128x32 w4, 128x128x16) and is clean at 128x64x32 with 1 stage (210 VGPRs); dL/dy is clean at 128x128x32 s2
-# (160 VGPRs).
+# 2 VGPRs (8 B scratch) on gfx942 under triton 3.6 (256 VGPRs, the cap for 8 waves); with 16x16 MFMA it takes (before
+# the extra outputs) 146 (3.9) / 150 (3.6) VGPRs on gfx942, clean on both, 145 on gfx90a (with them 173, 164): so
+# 128x64x32 mfma16 on gfx90a/942. gfx950 (async copies, more SGPR pressure): the forward spills 17 SGPRs at
+# 128x128x32 s2 and is clean at 128x128x16 (122 VGPRs); the frozen-head forward spills 4-53 SGPRs at every 2-stage
+# shape tried (128x64x16/32, 64x64x32 w4, 64x128x32 w4, 128x128x16) and is clean at 128x64x32 with 1 stage (210
+# VGPRs); dL/dy is clean at 128x128x32 s2 (160 VGPRs). (gfx950 figures: before the extra outputs; the chosen entries
+# stay clean with them, docs/kernel_notes.md.)
 _AMD_FP32 = dict(block_n=128, block_v=128, block_k=32, num_warps=8, num_stages=2)
 _AMD_FROZEN_FP32 = dict(block_n=128, block_v=64, block_k=32, num_warps=8, num_stages=2, matrix_instr_nonkdim=16)
 _AMD_FP32_GFX950_FWD = dict(block_n=128, block_v=128, block_k=16, num_warps=8, num_stages=2)
@@ -231,11 +240,11 @@ _AMD_COMBINE_FP32 = _COMBINE_FP32
 _AMD_GRPO_LOSS = _GRPO_LOSS
 
 
-def _amd_family(b16: dict, fp32_fwd: dict, fp32_frozen: dict, fp32_bwd: dict, tf32: bool) -> dict:
+def _amd_family(b16: dict, frozen_16: dict, fp32_fwd: dict, fp32_frozen: dict, fp32_bwd: dict, tf32: bool) -> dict:
     combine_tf32 = _AMD_COMBINE_FP32 if tf32 else None
     return {
         "fwd": _amd_gemm(b16, fp32_fwd, _AMD_TF32 if tf32 else None),
-        "fwd_softmax_w": _amd_gemm(b16, fp32_frozen, _AMD_FROZEN_TF32 if tf32 else None),
+        "fwd_softmax_w": _amd_gemm(frozen_16, fp32_frozen, _AMD_FROZEN_TF32 if tf32 else None),
         "bwd": _amd_gemm(b16, fp32_bwd, _AMD_TF32 if tf32 else None),
         "combine": {"bf16": _AMD_COMBINE, "fp16": _AMD_COMBINE, "fp32": _AMD_COMBINE_FP32, "tf32": combine_tf32},
         "grpo_loss": _same(_AMD_GRPO_LOSS),
@@ -244,8 +253,10 @@ def _amd_family(b16: dict, fp32_fwd: dict, fp32_frozen: dict, fp32_bwd: dict, tf
 
 DEFAULTS.update(
     {
-        "gfx90a": _amd_family(_AMD_16, _AMD_FP32, _AMD_FROZEN_FP32, _AMD_FP32, tf32=False),
-        "gfx942": _amd_family(_AMD_16, _AMD_FP32, _AMD_FROZEN_FP32, _AMD_FP32, tf32=True),
-        "gfx950": _amd_family(_AMD_16_GFX950, _AMD_FP32_GFX950_FWD, _AMD_FROZEN_FP32_GFX950, _AMD_FP32, tf32=False),
+        "gfx90a": _amd_family(_AMD_16, _AMD_FROZEN_16_GFX90A, _AMD_FP32, _AMD_FROZEN_FP32, _AMD_FP32, tf32=False),
+        "gfx942": _amd_family(_AMD_16, _AMD_FROZEN_16_GFX942, _AMD_FP32, _AMD_FROZEN_FP32, _AMD_FP32, tf32=True),
+        "gfx950": _amd_family(
+            _AMD_16_GFX950, _AMD_16_GFX950, _AMD_FP32_GFX950_FWD, _AMD_FROZEN_FP32_GFX950, _AMD_FP32, tf32=False
+        ),
     }
 )
