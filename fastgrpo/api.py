@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from typing import Literal, NamedTuple
 
@@ -18,10 +19,17 @@ BACKENDS = ("auto", "triton", "torch")
 
 
 class LogProbs(NamedTuple):
-    """fp32 log-prob of each target and (when asked) the entropy of each row; both 0 at ``ignore_index``."""
+    """Per-token outputs of :func:`linear_logprobs`, each of the targets' shape and None unless asked for.
+
+    ``logp`` (always), ``entropy``, ``log_sum_sq_probs`` and ``mean_logits`` are fp32, 0 at ``ignore_index``;
+    ``is_top1`` is bool, False there. Only ``logp`` and ``entropy`` are differentiable.
+    """
 
     logp: torch.Tensor
     entropy: torch.Tensor | None
+    log_sum_sq_probs: torch.Tensor | None = None
+    mean_logits: torch.Tensor | None = None
+    is_top1: torch.Tensor | None = None
 
 
 def triton_interpreter_enabled() -> bool:
@@ -34,6 +42,27 @@ def _triton_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+# The oldest triton the kernels are compiled and gated with (tests/ci/stage-20-compile.sh). Not a pip requirement:
+# torch brings its Triton (pytorch-triton-rocm on ROCm; see pyproject.toml), so the floor is checked here.
+TRITON_FLOOR = (3, 6)
+
+
+def _triton_too_old() -> str | None:
+    """Why the importable triton cannot run fastgrpo's kernels (older than ``TRITON_FLOOR``), or None."""
+    import triton
+
+    version = triton.__version__
+    parts = [int(p) for p in re.findall(r"\d+", version.split("+", 1)[0])[:2]]
+    if tuple(parts) >= TRITON_FLOOR:
+        return None
+    floor = ".".join(map(str, TRITON_FLOOR))
+    return (
+        f"triton {version} is older than {floor}, the oldest triton fastgrpo's kernels are built for; upgrade torch "
+        f"(torch >= 2.10 brings triton >= {floor}; on ROCm, its pytorch-triton-rocm) or, with a CPU-only torch, "
+        f"pip install 'triton>={floor}'"
+    )
 
 
 def _unsupported_reason(device: torch.device) -> str | None:
@@ -61,6 +90,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if not _triton_importable():
             raise ValueError("backend='triton' needs the triton package, which is not importable")
+        if (reason := _triton_too_old()) is not None:
+            raise ValueError(f"backend='triton': {reason}")
         if not gpu and not triton_interpreter_enabled():
             raise ValueError(
                 f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 set before triton is imported; "
@@ -71,6 +102,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "triton"
     if gpu or (device.type == "cpu" and triton_interpreter_enabled()):
         if _triton_importable():
+            if (reason := _triton_too_old()) is not None:
+                log_once(f"old-triton|{reason}", f"fastgrpo: {reason}; using the slower chunked torch path")
+                return "torch"
             return _unless_unsupported(device)
         log_once("no-triton", "fastgrpo: triton is not importable; using the slower chunked torch path")
     return "torch"
@@ -87,6 +121,9 @@ def linear_logprobs(
     softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
+    return_log_sum_sq_probs: bool = False,
+    return_mean_logits: bool = False,
+    return_is_top1: bool = False,
     backend: Backend = "auto",
     options: LogProbOptions | None = None,
 ) -> LogProbs:
@@ -98,13 +135,19 @@ def linear_logprobs(
         z = softcap * tanh(logit_scale * y / softcap) / temperature   # no tanh when softcap is None
         logp = z.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
         entropy = -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
-        # both fp32, and 0 where targets == ignore_index
+        log_sum_sq_probs = (2 * z.log_softmax(-1)).logsumexp(-1)       # log sum_v p_v^2 (DPO's WPO weights)
+        mean_logits = z.mean(-1)                                          # of the transformed logits z
+        is_top1 = z.argmax(-1) == targets                                 # first maximum: ties go to the lowest index
+        # fp32 (is_top1 bool), and 0 (False) where targets == ignore_index
 
     Args:
         hidden: ``[..., H]`` float32 / bfloat16 / float16.
         weight: ``[V, H]`` lm_head weight.
         targets: integer tensor of shape ``hidden.shape[:-1]``, values in ``[0, V)`` or ``ignore_index``.
         bias: ``[V]`` or None.
+        return_entropy, return_log_sum_sq_probs, return_mean_logits, return_is_top1: also return that output
+            (computed in the same pass over the vocabulary; None in the result otherwise). The last three are
+            non-differentiable, as in trl.
         backend: "triton" (GPU, or CPU under TRITON_INTERPRET=1), "torch" (chunked pure torch), or "auto".
         options: a :class:`LogProbOptions` holding every option at once, instead of the option keywords (which
             must then keep their defaults); the object travels unchanged to both backends.
@@ -118,6 +161,9 @@ def linear_logprobs(
         softcap=softcap,
         ignore_index=ignore_index,
         return_entropy=return_entropy,
+        return_log_sum_sq_probs=return_log_sum_sq_probs,
+        return_mean_logits=return_mean_logits,
+        return_is_top1=return_is_top1,
     )
     opts = keywords if options is None else _options_alone(options, keywords)
     # Data-dependent range check needs a host sync; under torch.compile it would break the graph.
@@ -135,10 +181,17 @@ def linear_logprobs(
         from . import launch_config  # a tuned table may route this shape to the recompute backward
 
         accumulate_softmax_w = launch_config.current().frozen_head_identity(flat_hidden, compute_dtype)
-    logp, entropy = LinearLogProbsFunction.apply(
+    logp, entropy, log_sum_sq, mean_logits, is_top1 = LinearLogProbsFunction.apply(
         flat_hidden, weight, bias, flat_targets, opts, compute_dtype, impl, accumulate_softmax_w
     )
-    return LogProbs(logp.view(lead), entropy.view(lead) if opts.return_entropy else None)
+    asked = lambda t, flag: t.view(lead) if flag else None  # noqa: E731
+    return LogProbs(
+        logp.view(lead),
+        asked(entropy, opts.return_entropy),
+        asked(log_sum_sq, opts.return_log_sum_sq_probs),
+        asked(mean_logits, opts.return_mean_logits),
+        asked(is_top1, opts.return_is_top1),
+    )
 
 
 def _options_alone(options: LogProbOptions, keywords: LogProbOptions) -> LogProbOptions:

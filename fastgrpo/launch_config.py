@@ -33,12 +33,13 @@ from fastgrpo_kernels import arch_configs, configs
 from fastgrpo_kernels.common import INTERPRET
 from fastgrpo_kernels.configs import TUNABLE_KINDS
 
+from . import rocm
 from .tuning import Autotuner, capturing
 
 T = TypeVar("T")
 
-# Devices without a CUDA compute capability that still compile Triton kernels (none is supported yet beyond CUDA):
-# the sm_90 table, the one every config was first written for.
+# Devices without a CUDA compute capability or AMD gfx name that still compile Triton kernels (none is supported
+# yet beyond CUDA and ROCm): the sm_90 table, the one every config was first written for.
 DEFAULT_ARCH = "sm90"
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _SMS_OFF_CUDA = 4  # interpreter / other devices: a few vocabulary splits, to exercise the combine
@@ -122,9 +123,13 @@ class LaunchConfigResolver:
     # ---- the pieces resolve reads ----
 
     def arch(self, device: torch.device) -> str | None:
-        """The architecture family of a CUDA device (``arch_configs.arch_family``); None for other devices."""
+        """The architecture family of a CUDA device (``arch_configs.arch_family``), or of an AMD GPU on a ROCm torch
+        (``arch_configs.amd_family`` of its gfx name: its "capability" numbers collide with NVIDIA's); None for
+        other devices."""
         if device.type != "cuda":
             return None
+        if rocm.is_rocm():
+            return arch_configs.amd_family(rocm.gfx_arch(device))
         return arch_configs.arch_family(torch.cuda.get_device_capability(device))
 
     def unsupported_reason(self, device: torch.device, precision: str | None = None) -> str | None:

@@ -23,6 +23,7 @@ What torch offers, read in its sources:
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
@@ -40,6 +41,35 @@ def fp32_matmul_allows_tf32() -> bool:
     return setting == "tf32"
 
 
-def fp32_dot_precision() -> DotPrecision:
-    """Triton's ``input_precision`` for fp32 operands: "tf32" where torch's fp32 matmuls may use TF32, else "ieee"."""
-    return "tf32" if fp32_matmul_allows_tf32() else "ieee"
+def fp32_dot_precision(device: torch.device | None = None) -> DotPrecision:
+    """Triton's ``input_precision`` for fp32 operands on ``device`` (None: the current one): "tf32" where torch's
+    fp32 matmuls there may use TF32 (on ROCm: ``rocm_fp32_matmul_uses_xf32``), else "ieee"."""
+    if not fp32_matmul_allows_tf32():
+        return "ieee"
+    if torch.version.hip is not None:
+        return "tf32" if rocm_fp32_matmul_uses_xf32(device) else "ieee"
+    return "tf32"
+
+
+# ---- ROCm (AMD Instinct) ----
+# torch's fp32 matmuls on ROCm use XF32 (AMD's TF32: hipBLASLt's HIPBLAS_COMPUTE_32F_FAST_TF32) only when the TF32
+# setting above is on *and* the environment has HIPBLASLT_ALLOW_TF32=1: ``Context::allowTF32CuBLAS()`` returns false
+# on ROCm unless that variable is "1" (pytorch#139869, torch >= 2.7; c10's boolean env check accepts "1" only).
+# Triton lowers ``input_precision="tf32"`` only on gfx942 (MI300X/MI325X: v_mfma_f32_*_xf32); on gfx90a and gfx950
+# it is a compile error ("tf32" is not in their allowed_dot_input_precisions, triton 3.6 and 3.9), and gfx950 has no
+# XF32 MFMA. So fastgrpo uses tf32 only on gfx942 with both switches on, exact fp32 ("ieee") otherwise. Exact fp32
+# still runs on the matrix cores on CDNA: Triton lowers an "ieee" fp32 dot to v_mfma_f32_32x32x2_f32 on gfx90a,
+# gfx942 and gfx950 (read from the AMDGCN by tools/compile_report.py).
+ROCM_TF32_ENV = "HIPBLASLT_ALLOW_TF32"
+ROCM_TF32_ARCHS = frozenset({"gfx940", "gfx941", "gfx942"})  # CDNA3: the MI300 series
+
+
+def rocm_fp32_matmul_uses_xf32(device: torch.device | None = None) -> bool:
+    """On a ROCm torch with TF32 allowed: whether fp32 matmuls on ``device`` may use XF32 (see above)."""
+    if os.environ.get(ROCM_TF32_ENV) != "1":
+        return False
+    if device is not None and device.type != "cuda":
+        return False
+    from .rocm import gfx_arch
+
+    return gfx_arch(device) in ROCM_TF32_ARCHS

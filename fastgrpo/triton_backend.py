@@ -36,12 +36,12 @@ def _dot_dtype(compute_dtype: torch.dtype):
     return tl.float32 if INTERPRET else _TL_DTYPES[compute_dtype]
 
 
-def _dot_precision(compute_dtype: torch.dtype) -> str | None:
-    # fp32 inputs: TF32 exactly when torch's own fp32 CUDA matmuls may use it (fastgrpo/precision.py).
+def _dot_precision(compute_dtype: torch.dtype, device: torch.device | None = None) -> str | None:
+    # fp32 inputs: TF32 exactly when torch's own fp32 matmuls on that device may use it (fastgrpo/precision.py).
     # 16-bit inputs: None, Triton's default (the setting only concerns fp32 operands).
     if compute_dtype != torch.float32:
         return None
-    return precision.fp32_dot_precision()
+    return precision.fp32_dot_precision(device)
 
 
 def _interpreter_operands(compute_dtype: torch.dtype, *tensors):
@@ -57,7 +57,7 @@ def _descriptors(cfg: configs.KernelConfig, hidden: torch.Tensor, weight: torch.
     """TMA descriptors for the config's tiles when it asks for them and they can be built, else (None, None)."""
     if not cfg.use_tma:
         return None, None
-    exact_fp32 = _dot_precision(compute_dtype) == "ieee"
+    exact_fp32 = _dot_precision(compute_dtype, hidden.device) == "ieee"
     return tma.descriptors(hidden, weight, cfg.block_n, cfg.block_v, cfg.block_k, exact_fp32)
 
 
@@ -74,8 +74,9 @@ def forward(
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     accumulate_softmax_w: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(logp, entropy, lse, softmax_w, target_scale)``, all fp32; the last two empty unless accumulated."""
+) -> tuple[torch.Tensor, ...]:
+    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)``, as
+    ``torch_backend.forward`` does: fp32 (is_top1 bool), empty unless asked / accumulated."""
     _check_dtype(compute_dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
@@ -96,7 +97,8 @@ def _on_device(device: torch.device):
 
 def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype) -> dict:
     """What selects a launch config: operand precision ("tf32" for fp32 operands on tensor cores), sizes, device."""
-    precision = "tf32" if _dot_precision(compute_dtype) == "tf32" else launch_config.dtype_precision(compute_dtype)
+    tf32 = _dot_precision(compute_dtype, hidden.device) == "tf32"
+    precision = "tf32" if tf32 else launch_config.dtype_precision(compute_dtype)
     return dict(
         precision=precision,
         n=hidden.shape[0],
@@ -115,8 +117,15 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     entropy = _empty(n if opts.return_entropy else 0, dev, f32, cfg.poison)
     lse = _empty(n, dev, f32, cfg.poison)
     target_scale = _empty(n if accumulate_softmax_w else 0, dev, f32, cfg.poison)
+    log_sum_sq = _empty(n if opts.return_log_sum_sq_probs else 0, dev, f32, cfg.poison)
+    mean_logits = _empty(n if opts.return_mean_logits else 0, dev, f32, cfg.poison)
+    # is_top1: the kernel writes 0 / 1 bytes, returned as a bool view; poisoned with 255, which no write leaves
+    is_top1 = torch.empty(n if opts.return_is_top1 else 0, device=dev, dtype=torch.uint8)
+    if cfg.poison:
+        is_top1.fill_(255)
+    extras = (log_sum_sq, mean_logits, is_top1.view(torch.bool))
     if n == 0:
-        return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale
+        return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale, *extras
 
     resolver = launch_config.current()
     shape = _launch_shape(hidden, weight, compute_dtype)
@@ -125,7 +134,12 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     splits = configs.num_splits(cfg, n, h, vocab, resolver.num_sms(dev), accumulate_softmax_w)
     v_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)  # every split non-empty
-    part = _empty((3, splits, n), dev, f32, cfg.poison)  # m, s, t
+    part = _empty((3 + opts.return_log_sum_sq_probs + opts.return_mean_logits, splits, n), dev, f32, cfg.poison)
+    part_q = part[3] if opts.return_log_sum_sq_probs else part[0]  # m, s, t, then q and sum z when asked
+    part_sz = part[-1] if opts.return_mean_logits else part[0]
+    part_arg = torch.empty((splits, n) if opts.return_is_top1 else 1, device=dev, dtype=torch.int32)
+    if cfg.poison:
+        part_arg.fill_(-(2**31))
     part_acc = _empty((splits, n, h) if accumulate_softmax_w else 1, dev, f32, cfg.poison)
     if not accumulate_softmax_w:
         softmax_w = torch.empty(0, device=dev, dtype=f32)
@@ -141,25 +155,31 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         stride_xn=hidden.stride(0), stride_xh=hidden.stride(1), stride_wv=weight.stride(0), stride_wh=weight.stride(1),
         **transform_args(opts), HAS_BIAS=bias is not None, HAS_SOFTMAX_W=accumulate_softmax_w,
         HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
+        part_q_ptr=part_q, part_sz_ptr=part_sz, part_arg_ptr=part_arg, HAS_LOG_SUM_SQ=opts.return_log_sum_sq_probs,
+        HAS_MEAN_LOGITS=opts.return_mean_logits, HAS_IS_TOP1=opts.return_is_top1,
     )  # fmt: skip
     x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
         x_desc=x_desc, w_desc=w_desc, part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2],
         part_acc_ptr=part_acc, v_per_split=v_per_split, **common,
-        USE_TMA=x_desc is not None, DOT_PRECISION=_dot_precision(compute_dtype),
+        USE_TMA=x_desc is not None, DOT_PRECISION=_dot_precision(compute_dtype, dev),
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=cfg.enable_fp_fusion,
+        **cfg.amd_options(),
     )  # fmt: skip
     combine_splits_kernel[(triton.cdiv(n, combine.block_n),)](
         part_m_ptr=part[0], part_s_ptr=part[1], part_t_ptr=part[2], part_acc_ptr=part_acc, tgt_ptr=targets,
         logp_ptr=logp, entropy_ptr=entropy if opts.return_entropy else logp, lse_ptr=lse,
         softmax_w_ptr=softmax_w if accumulate_softmax_w else logp,
         target_scale_ptr=target_scale if accumulate_softmax_w else logp,
+        log_sum_sq_ptr=log_sum_sq if opts.return_log_sum_sq_probs else logp,
+        mean_logits_ptr=mean_logits if opts.return_mean_logits else logp,
+        is_top1_ptr=is_top1 if opts.return_is_top1 else logp,
         SPLITS=splits, ignore_index=opts.ignore_index, **common,
         BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
-        enable_fp_fusion=combine.enable_fp_fusion,
+        enable_fp_fusion=combine.enable_fp_fusion, **combine.amd_options(),
     )  # fmt: skip
-    return logp, entropy, lse, softmax_w, target_scale
+    return logp, entropy, lse, softmax_w, target_scale, *extras
 
 
 def backward(
@@ -243,7 +263,7 @@ def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, 
             HAS_BIAS_GRAD=need_b,
             USE_TMA=x_desc is not None,
             DOT_DTYPE=_dot_dtype(compute_dtype),
-            DOT_PRECISION=_dot_precision(compute_dtype),
+            DOT_PRECISION=_dot_precision(compute_dtype, dev),
             BLOCK_N=cfg.block_n,
             BLOCK_V=cfg.block_v,
             BLOCK_K=cfg.block_k,
@@ -251,6 +271,7 @@ def _backward(cfg, hidden, weight, bias, targets, lse, entropy, g_l, g_h, opts, 
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
             enable_fp_fusion=cfg.enable_fp_fusion,
+            **cfg.amd_options(),
         )
         dy = ws[:, :wd]
         if need_x:

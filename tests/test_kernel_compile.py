@@ -106,7 +106,8 @@ def test_jobs_cover_the_matrix_with_the_tables_launch_parameters():
             assert (fields["block_t"], fields["num_warps"]) == (table["max_block_t"], table["num_warps"])
         else:  # the launcher's values, e.g. the combine's warps (4 today, not compile_report's old 8)
             assert all(fields[k] == v for k, v in table.items() if k in fields and k != "use_tma"), (job, table)
-        tma_allowed = job.family in cr.GEMM_FAMILIES and job.precision != "fp32" and job.arch >= 90
+        tma_allowed = job.family in cr.GEMM_FAMILIES and job.precision != "fp32" and not cr.is_amd(job.arch)
+        tma_allowed = tma_allowed and job.arch >= 90
         assert job.load == "ptr" or tma_allowed
     tma = {(j.arch, j.precision, j.family) for j in jobs if j.load == "tma"}
     ptr = {(j.arch, j.precision, j.family) for j in jobs if j.load == "ptr"}
@@ -114,13 +115,24 @@ def test_jobs_cover_the_matrix_with_the_tables_launch_parameters():
 
 
 def test_torch_path_families_have_no_triton_entry():
-    """A family in arch_configs.TORCH_PATH (sm75) has no Triton entry at all, every other family has all of them."""
-    for family, kernels in cr.arch_configs.DEFAULTS.items():
-        entries = [e for by_precision in kernels.values() for e in by_precision.values()]
-        if family in cr.arch_configs.TORCH_PATH:
+    """A family in arch_configs.TORCH_PATH (sm75) has no Triton entry at all, every other family has all of them
+    (AMD families without XF32 lack only the tf32 entries, which fastgrpo.precision never asks for there)."""
+    ac = cr.arch_configs
+    for family, kernels in ac.DEFAULTS.items():
+        no_tf32 = family in ac.AMD_FAMILIES and family not in ac.AMD_TF32
+        entries = [
+            e
+            for k, by_prec in kernels.items()
+            for p, e in by_prec.items()
+            if not (no_tf32 and p == "tf32" and k != "grpo_loss")
+        ]
+        if family in ac.TORCH_PATH:
             assert all(e is None for e in entries), family
         else:
             assert all(e is not None for e in entries), family
+        if no_tf32:
+            # the GRPO loss is elementwise: its tf32 entry is the fp32 one everywhere
+            assert all(kernels[k]["tf32"] is None for k in (*cr.GEMM_FAMILIES, "combine")), family
     _, torch_path = cr.jobs_for([75], cr.PRECISIONS, cr.FAMILIES)
     assert {f for _, _, f in torch_path} == set(cr.FAMILIES)
 

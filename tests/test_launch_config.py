@@ -111,12 +111,19 @@ def test_no_kernel_for_a_precision_is_said_before_launch(monkeypatch):
 
 def test_arch_table_layout():
     """Every family x kernel x precision has an entry whose fields belong to that kernel's config."""
-    assert set(arch_configs.DEFAULTS) == set(arch_configs.ARCH_FAMILIES) == set(arch_configs.CAPABILITY)
-    assert set(arch_configs.SHARED_MEMORY_PER_BLOCK) == set(arch_configs.ARCH_FAMILIES)
+    nvidia, amd = set(arch_configs.ARCH_FAMILIES), set(arch_configs.AMD_FAMILIES)
+    assert nvidia == set(arch_configs.CAPABILITY) and not nvidia & amd
+    assert set(arch_configs.DEFAULTS) == set(arch_configs.SHARED_MEMORY_PER_BLOCK) == nvidia | amd
     assert set(arch_configs.KERNELS) == set(configs.KINDS) - {"frozen_route"}
     assert set(arch_configs.PRECISIONS) == set(configs.PRECISIONS)
     for family, kernels in arch_configs.DEFAULTS.items():
-        assert arch_configs.arch_family(arch_configs.CAPABILITY[family]) == family
+        if family in amd:  # keyed by gfx name (tests/test_rocm_paths.py drives the ROCm route)
+            assert arch_configs.amd_family(f"{family}:sramecc+:xnack-") == family
+        else:
+            assert arch_configs.arch_family(arch_configs.CAPABILITY[family]) == family
+        for kernel, entries in kernels.items():  # only AMD tables set AMD launch options
+            fields = [f for f in entries.values() if f is not None]
+            assert all(not set(f) & set(configs.AMD_OPTIONS) for f in fields) or family in amd, (family, kernel)
         assert set(kernels) == set(arch_configs.KERNELS), family
         for kernel, entries in kernels.items():
             assert set(entries) == set(arch_configs.PRECISIONS), (family, kernel)
@@ -289,7 +296,7 @@ def test_grpo_loss_config_blocks(monkeypatch):
         assert gpu.resolve("grpo_loss", "fp32", device=CUDA, n=bsz, h=seqlen).blocks(bsz, seqlen) == on_gpu
         assert interp.grpo_loss_config(logps).blocks(bsz, seqlen) == on_interp
         with launch_config.use(interp):
-            assert grpo_launch._launch_config(logps) == (*on_interp, 4, configs.FP_FUSION)
+            assert grpo_launch._launch_config(logps) == (*on_interp, 4, configs.FP_FUSION, ())  # no AMD options
 
 
 # ---- nothing bypasses the resolver ----

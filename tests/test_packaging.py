@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import zipfile
@@ -62,6 +63,7 @@ def test_wheel_layout(tmp_path):
     ]
     base_requires = [line for line in requires if "extra ==" not in line]
     assert base_requires and not [line for line in base_requires if "pytest" in line], base_requires
+    _check_triton_left_to_torch(requires)
     assert any("pytest-benchmark" in line and 'extra == "bench"' in line for line in requires), requires
     # Installed from the wheel (not the source tree), the package and its kernels import and run.
     target = tmp_path / "site"
@@ -78,3 +80,20 @@ def test_wheel_layout(tmp_path):
     env["PYTHONPATH"] = str(target)
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def _check_triton_left_to_torch(requires: list[str]) -> None:
+    """No base requirement names the ``triton`` distribution: torch brings its own Triton (``triton==<pin>`` on
+    Linux, ``pytorch-triton-rocm`` on ROCm, which provides the same module under another name), and a ``triton``
+    requirement would make pip install the NVIDIA build over ROCm's. Only the ``triton`` and ``test`` extras (CPU-only
+    torch) ask for it, at the floor CI compiles with."""
+    names = {}
+    for line in requires:
+        spec = line.removeprefix("Requires-Dist:").strip()
+        name = spec.split(";")[0].strip()
+        names.setdefault(re.split(r"[ <>=!~\[(]", name, maxsplit=1)[0].lower(), []).append(spec)
+    assert "torch" in names and all("extra ==" not in s for s in names["torch"]), names.get("torch")
+    triton = names.get("triton", [])
+    assert triton and all(re.search(r'extra == "(triton|test)"', s) for s in triton), triton
+    assert all("triton>=3.6" in s.replace(" ", "") for s in triton), triton
+    assert not [n for n in names if "triton" in n and n != "triton"], names  # nor pytorch-triton(-rocm)

@@ -6,6 +6,7 @@
     python tools/compile_report.py --arch 80 --family fwd --block-n 64 ...     # try a tile before editing a table
     python tools/compile_report.py --candidates [--dtype fp32] --check         # every sm_90 autotuning candidate
     python tools/compile_report.py --support-matrix         # README's "GPU support" table, from the tables
+    python tools/compile_report.py --arch gfx942 --dtype all --check          # an AMD target (gfx90a, gfx942, gfx950)
 
 Each (architecture, operand precision, kernel family, load style) is compiled with the launch parameters a real
 launch gets: the built-in table ``fastgrpo_kernels.arch_configs`` (``launch_params``), the specializations Triton's
@@ -15,6 +16,11 @@ memory over the architecture's per-block limit, no resident block of >= 4 warps,
 architecture's own: wgmma on sm_90, tcgen05 on sm_100) for 16-bit / TF32 operands, 16-bit tiles under 64x64,
 unpipelined loads, a TMA variant that lost its TMA copies. Table entries that are None (no Triton kernel: the torch
 path) are listed, not compiled. Run without TRITON_INTERPRET.
+
+AMD Instinct targets (``gfx90a``, ``gfx942``, ``gfx950``; the section "AMD targets" below) compile for Triton's HIP
+backend (wave64) with the AMD tables' options (waves_per_eu, matrix_instr_nonkdim, kpack) and are read from the
+AMDGCN assembly; the gate fails on VGPR or SGPR spills or scratch, LDS over the target's limit, a 16-bit GEMM
+without MFMA (or a tf32 one without XF32 MFMA), and 16-bit tiles under 64x64.
 """
 
 from __future__ import annotations
@@ -41,9 +47,13 @@ from fastgrpo_kernels.grpo_loss import grpo_loss_fwd_kernel
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
 
-# Compile targets (compute capability x 10 + minor) -> the family whose table entries they launch with.
-ARCHS: dict[int, str] = {75: "sm75", 80: "sm80", 86: "sm86", 89: "sm86", 90: "sm90", 100: "sm100", 120: "sm120"}
-GPUS: dict[int, str] = {
+# Compile targets (compute capability x 10 + minor; AMD: the gfx name) -> the family whose table entries they launch
+# with.
+ARCHS: dict[int | str, str] = {
+    75: "sm75", 80: "sm80", 86: "sm86", 89: "sm86", 90: "sm90", 100: "sm100", 120: "sm120",
+    **{gfx: gfx for gfx in arch_configs.AMD_FAMILIES},
+}  # fmt: skip
+GPUS: dict[int | str, str] = {
     75: "T4, RTX 20xx",
     80: "A100, A800",
     86: "RTX 30xx, A10, A40",
@@ -51,6 +61,7 @@ GPUS: dict[int, str] = {
     90: "H100, H200",
     100: "B200, GB200",
     120: "RTX 50xx, RTX PRO 6000",
+    **arch_configs.AMD_GPUS,
 }
 PRECISIONS = ("bf16", "fp16", "fp32", "tf32")  # fp32: exact fp32 operands on FMAs; tf32: fp32 on tensor cores
 GEMM_FAMILIES = ("fwd", "fwd_softmax_w", "bwd")
@@ -68,9 +79,10 @@ MAX_WARPS_PER_SM: dict[int, int] = {75: 32, 80: 64, 86: 48, 89: 48, 90: 64, 100:
 
 # What CI compiles (tests/ci/stage-20-compile.sh, `--ci`): every target on the newest triton, and the two most used
 # data-center targets on triton 3.6 (torch 2.10 / 2.11's pin, the oldest triton the declared floor allows).
-CI_ARCHS: dict[str, tuple[int, ...]] = {"3.9": tuple(ARCHS), "3.6": (80, 90)}
+# AMD: all three targets on the newest triton, gfx942 (MI300X, the common AMD GRPO machine) on 3.6.
+CI_ARCHS: dict[str, tuple[int | str, ...]] = {"3.9": tuple(ARCHS), "3.6": (80, 90, "gfx942")}
 # Targets whose GPU tests passed on real hardware: arch -> "GPU, date". None yet.
-RUN_ON_GPU: dict[int, str] = {}
+RUN_ON_GPU: dict[int | str, str] = {}
 
 _TL = {
     "bf16": triton.language.bfloat16,
@@ -80,6 +92,11 @@ _TL = {
 }
 _PTR = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}  # operand pointer element types
 _INT_ARGS = {"N", "H", "V", "v_per_split", "c0", "width", "SPLITS", "ignore_index"}
+# Integer pointers: targets (int64), the splits' first argmax columns (int32) and is_top1's bytes (uint8), as launched.
+_INT_PTRS = {"tgt_ptr": "*i64", "part_arg_ptr": "*i32", "is_top1_ptr": "*u8"}
+# trl's extra head outputs, where the kernels take them (forward, frozen-head forward, combine): compiled on, with
+# every other option, as the variant with the most registers.
+_EXTRA_OUTPUTS = ("HAS_LOG_SUM_SQ", "HAS_MEAN_LOGITS", "HAS_IS_TOP1")
 _FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
 # What Triton's JIT specializes at a real launch with contiguous Qwen-shaped inputs: unit inner strides become the
 # constant 1, and pointers and integers divisible by 16 carry that divisibility (which vectorized, pipelined async
@@ -98,7 +115,7 @@ _KERNELS = {
 class Job:
     """One kernel to compile: target, operand precision, kernel family, load style and launch parameters."""
 
-    arch: int
+    arch: int | str  # compute capability x 10 + minor, or an AMD gfx name
     precision: str
     family: str
     load: str  # "ptr" or "tma"
@@ -110,11 +127,12 @@ class Job:
 
     def label(self) -> str:
         p = self.fields
+        amd = "".join(f" {_AMD_SHORT[k]}{v}" for k, v in p.items() if k in configs.AMD_OPTIONS)
         if self.family in GEMM_FAMILIES:
-            return f"{p['block_n']}x{p['block_v']}x{p['block_k']} w{p['num_warps']} s{p['num_stages']}"
+            return f"{p['block_n']}x{p['block_v']}x{p['block_k']} w{p['num_warps']} s{p['num_stages']}{amd}"
         if self.family == "combine":
-            return f"{p['block_n']}x{p['block_k']} w{p['num_warps']}"
-        return f"{p['block_b']}x{p['block_t']} w{p['num_warps']}"
+            return f"{p['block_n']}x{p['block_k']} w{p['num_warps']}{amd}"
+        return f"{p['block_b']}x{p['block_t']} w{p['num_warps']}{amd}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +144,14 @@ class Result:
     local_ops: int  # LDL/STL instructions in the SASS
     smem: int  # dynamic shared memory, bytes
     n_async: int  # software-pipelined copies in the TTGIR (async copies or TMA copies)
-    mma: str  # "wgmma", "tcgen05", "mma.sync" or "-"
+    mma: str  # "wgmma", "tcgen05", "mma.sync" or "-"; AMD: the MFMA instructions, e.g. "v_mfma_f32_16x16x16_bf16"
     tma: bool  # TMA copies (cp.async.bulk.tensor) in the PTX
+    # AMD only (from the AMDGCN metadata; regs are the VGPRs there, arch + AGPRs, stack the scratch bytes per lane,
+    # local_ops the spilled VGPRs + SGPRs):
+    agprs: int = 0  # of regs, the accumulation VGPRs (gfx90a+: one 512-register file with the arch VGPRs)
+    sgprs: int = 0
+    vgpr_spills: int = 0
+    sgpr_spills: int = 0
 
 
 # ---- launch parameters: the one place that turns table entries into compile parameters ----
@@ -148,8 +172,8 @@ def launch_params(arch: int, family: str, precision: str, overrides: dict | None
     cfg = configs.CONFIG_CLASSES[family].from_dict(fields)  # the resolver's config object for this entry
     if family in GEMM_FAMILIES:
         cfg = dataclasses.replace(cfg, **(overrides or {}))
-        return {k: getattr(cfg, k) for k in _GEMM_PARAMS}
-    fusion = dict(enable_fp_fusion=cfg.enable_fp_fusion)
+        return {**{k: getattr(cfg, k) for k in _GEMM_PARAMS}, **cfg.amd_options()}
+    fusion = dict(enable_fp_fusion=cfg.enable_fp_fusion, **cfg.amd_options())
     if family == "combine":
         return dict(block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps, **fusion)
     block_b, block_t = cfg.blocks(1 << 20, 1 << 20)  # the launcher's sizing for a large batch: the largest tile
@@ -171,7 +195,7 @@ def jobs_for(
                     torch_path.append((arch, precision, family))
                     continue
                 loads = ["ptr"]
-                if family in GEMM_FAMILIES and precision != "fp32" and arch >= TMA_MIN_ARCH:
+                if family in GEMM_FAMILIES and precision != "fp32" and not is_amd(arch) and arch >= TMA_MIN_ARCH:
                     loads.append("tma")  # the launcher falls back to pointer loads: both must be clean
                 for load in loads:
                     p = dict(params)
@@ -192,7 +216,7 @@ def _signature(kernel, dtype: str, boxes: dict) -> dict:
             sig[p] = f"tensordesc<{dtype}[{', '.join(map(str, boxes[p]))}]>" if p in boxes else "constexpr"
         elif p.endswith("_ptr"):
             operand = p in ("x_ptr", "w_ptr", "b_ptr", "dy_ptr")
-            sig[p] = f"*{dtype}" if operand else "*i64" if p == "tgt_ptr" else "*fp32"
+            sig[p] = f"*{dtype}" if operand else _INT_PTRS.get(p, "*fp32")
         elif p.startswith("stride_"):
             sig[p] = "i64"
         elif p in _INT_ARGS:
@@ -210,13 +234,15 @@ def compile_kernel(
     kernel,
     constexprs: dict,
     dtype: str = "bf16",
-    arch: int = 90,
+    arch: int | str = 90,
     num_warps: int = 8,
     num_stages: int = 3,
     enable_fp_fusion: bool = configs.FP_FUSION,
+    amd_options: dict | None = None,
 ):
     """Compile one lm_head kernel (forward, dL/dy or combine) with ``dtype`` operand pointers for ``arch``, with the
-    FP fusion setting a launch passes (the configs' default unless given)."""
+    FP fusion setting a launch passes (the configs' default unless given) and, for an AMD target, its
+    waves_per_eu / matrix_instr_nonkdim / kpack (``amd_options``)."""
     params = list(inspect.signature(kernel.fn).parameters)
     boxes = {}
     if constexprs.get("USE_TMA"):
@@ -236,7 +262,20 @@ def compile_kernel(
         attrs=attrs,
     )
     options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": enable_fp_fusion}
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(src, target=target(arch), options={**options, **(amd_options or {})})
+
+
+def target(arch: int | str) -> GPUTarget:
+    """Triton's compile target: an NVIDIA compute capability (warps of 32) or an AMD gfx name (wavefronts of 64)."""
+    return GPUTarget("hip", arch, 64) if is_amd(arch) else GPUTarget("cuda", arch, 32)
+
+
+def is_amd(arch: int | str) -> bool:
+    return isinstance(arch, str)
+
+
+def arch_name(arch: int | str) -> str:
+    return arch if is_amd(arch) else f"sm_{arch}"
 
 
 def _by_index(params: list[str], values: dict) -> dict:
@@ -244,7 +283,7 @@ def _by_index(params: list[str], values: dict) -> dict:
 
 
 def compile_grpo_loss(
-    arch: int,
+    arch: int | str,
     precision: str,
     block_b: int,
     block_t: int,
@@ -252,6 +291,7 @@ def compile_grpo_loss(
     loss_kind: int = 3,
     everything: bool = True,
     enable_fp_fusion: bool = configs.FP_FUSION,
+    amd_options: dict | None = None,
 ):
     """Compile the GRPO loss kernel as ``fastgrpo/grpo/launch.py`` launches it. By default every optional input is
     present (the most registers): vespo (``loss_kind`` 3, the longest loss), sequence-level ratios, KL with bias
@@ -279,16 +319,18 @@ def compile_grpo_loss(
         const["POLICY"] = None
     attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr")}
     src = ASTSource(fn=kernel, signature=sig, constexprs=_by_index(params, const), attrs=attrs)
-    options = {"num_warps": num_warps, "enable_fp_fusion": enable_fp_fusion}
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    options = {"num_warps": num_warps, "enable_fp_fusion": enable_fp_fusion, **(amd_options or {})}
+    return triton.compile(src, target=target(arch), options=options)
 
 
 def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
-    """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient."""
+    """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient, trl's
+    extra outputs (log_sum_sq_probs, mean_logits, is_top1)."""
     dot = dict(DOT_DTYPE=_TL[precision])
     kernel_params = inspect.signature(_KERNELS[family].fn).parameters
     # softcap on: a HAS_SOFTCAP flag, or the first flag of a TRANSFORM tuple where the kernels take one
     common = dict(HAS_BIAS=True, **({"TRANSFORM": (True,)} if "TRANSFORM" in kernel_params else {"HAS_SOFTCAP": True}))
+    common.update({flag: True for flag in _EXTRA_OUTPUTS if flag in kernel_params})
     if family == "combine":
         return dict(common, HAS_ENTROPY=True, HAS_SOFTMAX_W=True, BLOCK_N=p["block_n"], BLOCK_K=p["block_k"], **dot)
     dot["DOT_PRECISION"] = {"fp32": "ieee", "tf32": "tf32"}.get(precision)
@@ -304,18 +346,22 @@ def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
 def compile_job(job: Job):
     p = job.fields
     fusion = p.get("enable_fp_fusion", configs.FP_FUSION)
+    amd = {k: v for k, v in p.items() if k in configs.AMD_OPTIONS}
     if job.family == "grpo_loss":
         blocks = (p["block_b"], p["block_t"], p["num_warps"])
-        return compile_grpo_loss(job.arch, job.precision, *blocks, enable_fp_fusion=fusion)
+        return compile_grpo_loss(job.arch, job.precision, *blocks, enable_fp_fusion=fusion, amd_options=amd)
     const = _lm_head_constexprs(job.family, job.precision, p)
-    stages = p.get("num_stages", 3)  # the combine launch passes none: Triton's default, 3
+    # The combine launch passes no num_stages: Triton's default (3 on CUDA, 2 on HIP).
+    stages = p.get("num_stages", 2 if is_amd(job.arch) else 3)
     kernel = _KERNELS[job.family]
-    return compile_kernel(kernel, const, _PTR[job.precision], job.arch, p["num_warps"], stages, fusion)
+    return compile_kernel(kernel, const, _PTR[job.precision], job.arch, p["num_warps"], stages, fusion, amd)
 
 
 def inspect_compiled(compiled) -> Result:
     """Registers, stack and LDL/STL from the cubin (Triton's bundled cuobjdump), MMA and TMA from the PTX,
-    pipelined copies from the TTGIR, shared memory from the metadata."""
+    pipelined copies from the TTGIR, shared memory from the metadata. AMD targets: ``inspect_amdgcn``."""
+    if "amdgcn" in compiled.asm:
+        return inspect_amdgcn(compiled)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
@@ -340,6 +386,80 @@ def inspect_compiled(compiled) -> Result:
 _MMA_OPS = (("tcgen05", "tcgen05.mma"), ("wgmma", "wgmma.mma_async"), ("mma.sync", "mma.sync"))
 
 
+# ---- AMD targets ----
+# What an AMD target's compiled kernel uses is in its AMDGCN assembly's kernel metadata (``.vgpr_count``,
+# ``.agpr_count``, ``.sgpr_count``, ``.vgpr_spill_count``, ``.sgpr_spill_count``, ``.private_segment_fixed_size``:
+# scratch bytes per lane) and its instructions (``v_mfma_*``); LDS is the compiled metadata's ``shared`` (Triton
+# allocates it dynamically, so ``.group_segment_fixed_size`` stays 0). ``.vgpr_count`` is the total of arch VGPRs
+# and AGPRs (one 512-register file per SIMD lane on gfx90a/942/950, allocated in granules of 8); a workgroup's waves
+# spread over the CU's 4 SIMDs.
+_AMD_SHORT = {"waves_per_eu": "wpe", "matrix_instr_nonkdim": "mfma", "kpack": "kpack"}
+AMD_VGPRS_PER_SIMD = 512
+AMD_SIMDS_PER_CU = 4
+AMD_MAX_WAVES_PER_SIMD = 8
+# The MFMA operand type a dot of each precision must use (a substring of the instruction name: v_mfma_f32_32x32x8_bf16,
+# v_mfma_f32_16x16x16bf16_1k, v_mfma_f32_16x16x16_f16 / f16, v_mfma_f32_32x32x4_xf32). Exact fp32 also gets fp32 MFMA
+# (v_mfma_f32_32x32x2_f32) on every CDNA target; reported, not required.
+AMD_MFMA_TYPE = {"bf16": "bf16", "fp16": "f16", "tf32": "xf32"}
+
+
+def _amdgcn_field(asm: str, name: str) -> int:
+    found = re.search(rf"\.{name}:\s+(\d+)", asm)
+    if found is None:
+        raise ValueError(f"no .{name} in the AMDGCN metadata")
+    return int(found.group(1))
+
+
+def inspect_amdgcn(compiled) -> Result:
+    """An AMD target's resources: registers, spills and scratch from the AMDGCN metadata, MFMA from its
+    instructions, LDS from the compiled metadata, pipelined copies (async copies to LDS, gfx950) from the TTGIR."""
+    asm, ttgir = compiled.asm["amdgcn"], compiled.asm["ttgir"]
+    vgpr_spills, sgpr_spills = _amdgcn_field(asm, "vgpr_spill_count"), _amdgcn_field(asm, "sgpr_spill_count")
+    mfma = sorted(set(re.findall(r"\bv_mfma_\w+", asm)))
+    return Result(
+        regs=_amdgcn_field(asm, "vgpr_count"),
+        stack=_amdgcn_field(asm, "private_segment_fixed_size"),
+        local_ops=vgpr_spills + sgpr_spills,
+        smem=compiled.metadata.shared,
+        n_async=ttgir.count("async_copy_global_to_local") + ttgir.count("buffer_load_to_local"),
+        mma=",".join(m.removeprefix("v_mfma_") for m in mfma) or "-",
+        tma=False,
+        agprs=_amdgcn_field(asm, "agpr_count"),
+        sgprs=_amdgcn_field(asm, "sgpr_count"),
+        vgpr_spills=vgpr_spills,
+        sgpr_spills=sgpr_spills,
+    )
+
+
+def amd_waves_per_simd(result: Result) -> int:
+    """Waves of this kernel one SIMD holds at once (by registers)."""
+    per_wave = -(-result.regs // 8) * 8  # .vgpr_count is arch VGPRs + AGPRs on CDNA2+
+    return min(AMD_MAX_WAVES_PER_SIMD, AMD_VGPRS_PER_SIMD // max(per_wave, 1))
+
+
+def amd_violations(job: Job, result: Result) -> list[str]:
+    """Why an AMD target's compiled kernel fails the gate (empty: it passes)."""
+    p, out = job.fields, []
+    if result.vgpr_spills or result.sgpr_spills or result.stack:
+        out.append(f"spills ({result.vgpr_spills} VGPR, {result.sgpr_spills} SGPR, {result.stack} B scratch)")
+    limit = shared_memory_limit(job.arch)
+    if result.smem > limit:
+        out.append(f"LDS {result.smem / 1024:.1f} KiB > {limit >> 10} KiB per workgroup")
+    waves_per_simd_needed = -(-p["num_warps"] // AMD_SIMDS_PER_CU)
+    if p["num_warps"] < MIN_WARPS or amd_waves_per_simd(result) < waves_per_simd_needed:
+        out.append(f"no resident workgroup of >= {MIN_WARPS} waves")
+    if job.family in GEMM_FAMILIES and job.precision in AMD_MFMA_TYPE:
+        want = AMD_MFMA_TYPE[job.precision]
+        kinds = result.mma.split(",") if result.mma != "-" else []
+        # the operand type ends the name ("f16" must not match "bf16"; gfx90a's bf16 MFMA end in "bf16_1k")
+        ok = [m for m in kinds if re.search(rf"(?<!b){want}(_1k)?$", m)]
+        if not ok:
+            out.append(f"MFMA {result.mma}, expected a {want} MFMA")
+        if job.precision != "tf32" and min(p["block_n"], p["block_v"]) < MIN_TILE_16:
+            out.append(f"16-bit tile {p['block_n']}x{p['block_v']} under {MIN_TILE_16}x{MIN_TILE_16}")
+    return out
+
+
 def _run(job: Job) -> tuple[Job, Result | str]:
     try:
         return job, inspect_compiled(compile_job(job))
@@ -359,7 +479,7 @@ def blocks_per_sm(arch: int, regs: int, smem: int, num_warps: int) -> int:
     return min(by_regs, by_warps, by_smem)
 
 
-def shared_memory_limit(arch: int) -> int:
+def shared_memory_limit(arch: int | str) -> int:
     return arch_configs.SHARED_MEMORY_PER_BLOCK[ARCHS[arch]]
 
 
@@ -367,6 +487,8 @@ def violations(job: Job, result: Result | str) -> list[str]:
     """Why this compiled kernel fails the gate (empty: it passes)."""
     if isinstance(result, str):
         return [f"compile error: {result}"]
+    if is_amd(job.arch):
+        return amd_violations(job, result)
     p, arch, out = job.fields, job.arch, []
     if result.stack or result.local_ops:
         out.append(f"spills ({result.stack} B stack, {result.local_ops} LDL/STL)")
@@ -399,12 +521,16 @@ def run_jobs(jobs: list[Job], n_jobs: int) -> Iterator[tuple[Job, Result | str]]
 
 
 def _row(job: Job, result: Result | str, problems: list[str]) -> str:
-    head = f"sm_{job.arch:<4} {job.precision:<5} {job.family:<14} {job.load:<4} {job.label():<17}"
+    head = f"{arch_name(job.arch):<8} {job.precision:<5} {job.family:<14} {job.load:<4} {job.label():<17}"
     if isinstance(result, str):
         return f"{head} FAIL: {'; '.join(problems)}"
     r = result
     mma = r.mma + ("+tma" if r.tma else "")
     verdict = "ok" if not problems else "FAIL: " + "; ".join(problems)
+    if is_amd(job.arch):  # VGPR / AGPR / SGPR, scratch bytes, spilled registers, LDS, async copies, MFMA
+        regs = f"{r.regs}/{r.agprs}/{r.sgprs}"
+        spills = f"{r.vgpr_spills}+{r.sgpr_spills}"
+        return f"{head} {regs:>11} {r.stack:>6} {spills:>7} {r.smem / 1024:>8.1f} {r.n_async:>5}  {mma:<12} {verdict}"
     return f"{head} {r.regs:>5} {r.stack:>6} {r.local_ops:>7} {r.smem / 1024:>8.1f} {r.n_async:>5}  {mma:<12} {verdict}"
 
 
@@ -412,11 +538,18 @@ HEADER = (
     f"{'arch':<8} {'prec':<5} {'kernel':<14} {'load':<4} {'config':<17} {'regs':>5} {'stack':>6} {'LDL/STL':>7} "
     f"{'smem KiB':>8} {'async':>5}  {'mma':<12} verdict"
 )
+AMD_HEADER = (  # AMD rows: VGPR/AGPR/SGPR, scratch bytes, spilled VGPRs+SGPRs, LDS
+    f"{'arch':<8} {'prec':<5} {'kernel':<14} {'load':<4} {'config':<17} {'v/a/sgpr':>11} {'scratch':>6} {'spills':>7} "
+    f"{'LDS KiB':>8} {'async':>5}  {'mfma':<12} verdict"
+)
 
 
 def gate(jobs: list[Job], n_jobs: int) -> list[str]:
     """Compile and print every job; returns the failing rows."""
-    print(HEADER, flush=True)
+    if any(not is_amd(j.arch) for j in jobs):
+        print(HEADER, flush=True)
+    if any(is_amd(j.arch) for j in jobs):
+        print(AMD_HEADER, flush=True)
     failed = []
     for job, result in run_jobs(jobs, n_jobs):
         problems = violations(job, result)
@@ -443,7 +576,7 @@ def candidate_jobs(precision: str) -> list[Job]:
 # ---- the README support matrix ----
 
 
-def _ci_tritons(arch: int) -> str:
+def _ci_tritons(arch: int | str) -> str:
     return ", ".join(v for v, archs in CI_ARCHS.items() if arch in archs)
 
 
@@ -452,9 +585,12 @@ def support_matrix() -> str:
     head = ["GPU", "GPUs", "table", *PRECISIONS, "GRPO loss", "compiled clean in CI (triton)", "run on a GPU"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for arch, family in ARCHS.items():
-        cells = [f"sm_{arch}", GPUS[arch], family]
+        cells = [arch_name(arch), GPUS[arch], family]
         for precision in PRECISIONS:
             served = [f for f in GEMM_FAMILIES if arch_configs.default(family, f, precision) is not None]
+            if not served and precision == "tf32" and family in arch_configs.AMD_FAMILIES:
+                cells.append("Triton, as fp32")  # no XF32 here: fp32 operands stay exact (fastgrpo/precision.py)
+                continue
             cells.append("Triton" if len(served) == len(GEMM_FAMILIES) else "torch path" if not served else "mixed")
         cells.append("Triton" if arch_configs.default(family, "grpo_loss", "fp32") is not None else "torch path")
         triton_served = any(c == "Triton" for c in cells[3:])
@@ -491,7 +627,7 @@ def main(argv=None) -> None:
         return
     if triton_interpret():  # the kernels were imported as interpreted functions (tests may import this module so)
         sys.exit("unset TRITON_INTERPRET: the compiler must see the kernels")
-    archs = _choose(args.arch, ["90"], ARCHS, int)
+    archs = _choose(args.arch, ["90"], ARCHS, _arch_key)
     precisions = _choose(args.dtype, ["bf16"], PRECISIONS, str)
     if args.ci:
         version = ".".join(triton.__version__.split(".")[:2])
@@ -509,11 +645,20 @@ def main(argv=None) -> None:
     print(f"triton {triton.__version__}: {len(jobs)} kernels", flush=True)
     failed = gate(jobs, args.jobs)
     for arch, precision, family in torch_path:
-        print(f"sm_{arch:<4} {precision:<5} {family:<14} -    torch path (no Triton kernel in arch_configs)")
+        if is_amd(arch) and precision == "tf32":
+            print(f"{arch:<8} {precision:<5} {family:<14} -    no XF32 on {arch}: fp32 operands run the fp32 entry")
+            continue
+        print(f"{arch_name(arch):<8} {precision:<5} {family:<14} -    torch path (no Triton kernel in arch_configs)")
     if failed:
         print(f"\n{len(failed)} of {len(jobs)} kernels fail the gate", flush=True)
         if args.check:
             sys.exit(1)
+
+
+def _arch_key(value: str) -> int | str:
+    """A target as typed: ``90`` or ``sm_90`` (NVIDIA), ``gfx942`` (AMD)."""
+    value = value.lower().removeprefix("sm_").removeprefix("sm")
+    return int(value) if value.isdigit() else value
 
 
 def _choose(values, default, allowed, cast):

@@ -28,13 +28,16 @@ class LaunchConfig(NamedTuple):
     block_t: int  # tokens per tile
     num_warps: int
     enable_fp_fusion: bool  # FMA contraction, pinned by the config (fastgrpo_kernels.configs.FP_FUSION)
+    amd_options: tuple = ()  # (name, value) pairs of AMD-only launch options (configs.AMD_OPTIONS); none elsewhere
 
 
 def _launch_config(per_token_logps: torch.Tensor) -> LaunchConfig:
     """The GRPO loss kernel's block sizes, warps and FP fusion, from the launch-config resolver (the one place they
     are chosen)."""
     cfg = launch_config.current().grpo_loss_config(per_token_logps)
-    return LaunchConfig(*cfg.blocks(*per_token_logps.shape), cfg.num_warps, cfg.enable_fp_fusion)
+    return LaunchConfig(
+        *cfg.blocks(*per_token_logps.shape), cfg.num_warps, cfg.enable_fp_fusion, tuple(cfg.amd_options().items())
+    )
 
 
 def _row_major(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -135,5 +138,6 @@ def grpo_rows_triton(
             BLOCK_T=cfg.block_t,
             num_warps=cfg.num_warps,
             enable_fp_fusion=cfg.enable_fp_fusion,
+            **dict(cfg.amd_options),
         )
     return stats, grad_lp, grad_ent

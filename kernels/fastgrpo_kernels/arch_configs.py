@@ -2,7 +2,8 @@
 
 ``DEFAULTS[arch][kernel][precision]`` is a dict of config fields for one kernel family on one architecture family:
 
-- arch: ``ARCH_FAMILIES`` (``arch_family`` maps a device's compute capability to one);
+- arch: ``ARCH_FAMILIES`` (``arch_family`` maps an NVIDIA device's compute capability to one) or ``AMD_FAMILIES``
+  (``amd_family`` maps an AMD device's gfx name to one; section "AMD Instinct" at the end);
 - kernel: ``"fwd"``, ``"fwd_softmax_w"`` (frozen-head forward), ``"bwd"`` (dL/dy) -> ``configs.KernelConfig`` fields;
   ``"combine"`` -> ``configs.CombineConfig``; ``"grpo_loss"`` -> ``configs.GRPOLossConfig``;
 - precision: the operands the kernel multiplies: ``"bf16"``, ``"fp16"``, ``"fp32"`` (exact fp32, FMA) or ``"tf32"``
@@ -65,7 +66,7 @@ def arch_family(capability: tuple[int, int]) -> str:
 def default(arch: str, kernel: str, precision: str) -> dict | None:
     """The built-in fields for (arch family, kernel family, precision); None: no Triton kernel there."""
     if arch not in DEFAULTS:
-        raise ValueError(f"arch must be one of {ARCH_FAMILIES}, got {arch!r}")
+        raise ValueError(f"arch must be one of {tuple(DEFAULTS)}, got {arch!r}")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if precision not in PRECISIONS:
@@ -150,3 +151,112 @@ DEFAULTS: dict[str, dict[str, dict[str, dict | None]]] = {
     "sm100": _family(_FROZEN_16_SM100, _GEMM_16, _FROZEN_TF32),
     "sm120": _family(_FROZEN_16_SM120, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM),
 }
+
+
+# ---- AMD Instinct (ROCm): gfx90a (MI210/MI250/MI250X), gfx942 (MI300X/MI325X), gfx950 (MI350X/MI355X) ----
+# Own families, keyed by the device's gfx name (``gcnArchName``), never by the capability number a ROCm torch reports
+# (MI300X answers (9, 4), which the NVIDIA rule above would read as sm_90). Each entry passes
+# `python tools/compile_report.py --arch gfx90a --arch gfx942 --arch gfx950 --dtype all --check` on triton 3.9 (and
+# gfx942 on 3.6): no VGPR/SGPR spills and no scratch, MFMA for every 16-bit dot (XF32 MFMA for tf32), LDS within
+# the target's limit, 16-bit tiles of at least 64x64. Compiled, never run on an AMD GPU: speed is unmeasured
+# (docs/kernel_notes.md, "Session 4", has each entry's registers and LDS). num_warps counts 64-lane wavefronts.
+
+AMD_FAMILIES: tuple[str, ...] = ("gfx90a", "gfx942", "gfx950")
+AMD_GPUS: dict[str, str] = {
+    "gfx90a": "MI210, MI250, MI250X",
+    "gfx942": "MI300X, MI325X",
+    "gfx950": "MI350X, MI355X",
+}
+# gfx names -> family: MI300A and the early MI300 parts (gfx940 / gfx941) compile and run gfx942 code paths.
+_GFX_FAMILY: dict[str, str] = {
+    "gfx90a": "gfx90a",
+    "gfx940": "gfx942",
+    "gfx941": "gfx942",
+    "gfx942": "gfx942",
+    "gfx950": "gfx950",
+}
+# LDS per workgroup (CDNA2/3: 64 KiB per CU; CDNA4: 160 KiB).
+SHARED_MEMORY_PER_BLOCK.update({"gfx90a": 64 << 10, "gfx942": 64 << 10, "gfx950": 160 << 10})
+# The one AMD family with XF32 MFMA (Triton accepts input_precision="tf32" only there): elsewhere the tf32 entries
+# are None, and fastgrpo.precision never asks for them (fp32 operands stay exact fp32 there, as torch's do).
+AMD_TF32: tuple[str, ...] = ("gfx942",)
+
+
+def amd_family(gfx: str) -> str:
+    """The family whose defaults serve an AMD GPU with gfx name ``gfx`` (``"gfx942:sramecc+:xnack-"`` or
+    ``"gfx942"``); UnsupportedArchitecture for AMD GPUs without a table (RDNA gfx10/11/12, CDNA1 gfx908, older)."""
+    name = gfx.split(":", 1)[0].strip().lower()
+    if name in _GFX_FAMILY:
+        return _GFX_FAMILY[name]
+    kind = "an RDNA GPU (wave32)" if name.startswith(("gfx10", "gfx11", "gfx12")) else "an AMD GPU"
+    raise UnsupportedArchitecture(
+        f"{name} is {kind} without a fastgrpo launch table (AMD tables: {', '.join(AMD_FAMILIES)}, the MI200, MI300 "
+        "and MI350 series); use backend='torch'"
+    )
+
+
+def _amd_gemm(b16: dict, fp32: dict, tf32: dict | None) -> dict[str, dict | None]:
+    return {"bf16": b16, "fp16": b16, "fp32": fp32, "tf32": tf32}
+
+
+# 16-bit operands, every kernel and target: 128x128x64, 8 waves, 2 stages, 16x16 MFMA, kpack 2 (gfx950: kpack is
+# forced to 1 by Triton, so not set). 2 stages: Triton's AMD stream pipeliner (one LDS buffer + register prefetch on
+# gfx90a/942, 32 KiB; two async-copy LDS buffers on gfx950, 64 KiB); 3 stages double LDS without adding overlap
+# there. matrix_instr_nonkdim=16 and kpack=2: AMD's Triton tuning guidance for MI300 GEMMs; also what compiles
+# clean: without them the gfx942 frozen-head forward spills 2 SGPRs (32x32 MFMA, 48 KiB LDS). VGPRs incl. AGPRs
+# with every option on (triton 3.9, fwd / frozen fwd / dL/dy): gfx90a 168 / 150 / 132, gfx942 166 / 229 / 140,
+# gfx950 185 / 256 / 146.
+_AMD_16 = dict(block_n=128, block_v=128, block_k=64, num_warps=8, num_stages=2, matrix_instr_nonkdim=16, kpack=2)
+_AMD_16_GFX950 = dict(block_n=128, block_v=128, block_k=64, num_warps=8, num_stages=2, matrix_instr_nonkdim=16)
+# The frozen-head forward with trl's extra outputs on (log_sum_sq_probs, mean_logits, is_top1: more live registers)
+# spills at 128x128x64 on gfx942 (4 VGPRs, 20 B scratch) and gfx90a (11 VGPRs, 48 B) under triton 3.9; gfx950 stays
+# clean (256 VGPRs, 128 of them AGPRs). gfx942: 128x128x32 (229 VGPRs on 3.9, 247 on 3.6). gfx90a: 128x128x32 spills
+# 2 SGPRs (kpack 2) or 1 VGPR (kpack 1), 128x64x64 6 SGPRs, 128x128x64 with 1 stage is clean but unpipelined:
+# 128x64x32 (150 VGPRs), as sm_80's frozen tile, halving BLOCK_V rather than losing the pipeline.
+_AMD_FROZEN_16_GFX942 = {**_AMD_16, "block_k": 32}
+_AMD_FROZEN_16_GFX90A = {**_AMD_16, "block_v": 64, "block_k": 32}
+# Exact fp32 operands: CDNA has fp32 MFMA (v_mfma_f32_32x32x2_f32), and Triton uses it for "ieee" dots, so fp32 tiles
+# are MFMA tiles (128x128x32, where NVIDIA's FMA tiles are 64x64x16). The frozen-head forward spills at 128x128x32
+# (gfx942 104 VGPRs / 404 B scratch, gfx90a 88 / 328 B); 128x64x32 is clean on triton 3.9 (232 VGPRs) but spills
+# 2 VGPRs (8 B scratch) on gfx942 under triton 3.6 (256 VGPRs, the cap for 8 waves); with 16x16 MFMA it takes (before
+# the extra outputs) 146 (3.9) / 150 (3.6) VGPRs on gfx942, clean on both, 145 on gfx90a (with them 173, 164): so
+# 128x64x32 mfma16 on gfx90a/942. gfx950 (async copies, more SGPR pressure): the forward spills 17 SGPRs at
+# 128x128x32 s2 and is clean at 128x128x16 (122 VGPRs); the frozen-head forward spills 4-53 SGPRs at every 2-stage
+# shape tried (128x64x16/32, 64x64x32 w4, 64x128x32 w4, 128x128x16) and is clean at 128x64x32 with 1 stage (210
+# VGPRs); dL/dy is clean at 128x128x32 s2 (160 VGPRs). (gfx950 figures: before the extra outputs; the chosen entries
+# stay clean with them, docs/kernel_notes.md.)
+_AMD_FP32 = dict(block_n=128, block_v=128, block_k=32, num_warps=8, num_stages=2)
+_AMD_FROZEN_FP32 = dict(block_n=128, block_v=64, block_k=32, num_warps=8, num_stages=2, matrix_instr_nonkdim=16)
+_AMD_FP32_GFX950_FWD = dict(block_n=128, block_v=128, block_k=16, num_warps=8, num_stages=2)
+_AMD_FROZEN_FP32_GFX950 = dict(block_n=128, block_v=64, block_k=32, num_warps=8, num_stages=1)
+# TF32 (XF32 MFMA, gfx942 only): the fp32 shapes, clean there on both tritons (triton 3.9: fwd 150, dL/dy 158, frozen
+# fwd 144 VGPRs); the frozen forward spills at 128x128x32 (103 VGPRs) as with exact fp32.
+_AMD_TF32 = _AMD_FP32
+_AMD_FROZEN_TF32 = _AMD_FROZEN_FP32
+# Combine and GRPO loss: no dots; the NVIDIA entries' values (combine 4 waves = 256 lanes; GRPO loss 8 waves,
+# 2 elements per lane per 1024-element tile), clean on all three targets.
+_AMD_COMBINE = _COMBINE
+_AMD_COMBINE_FP32 = _COMBINE_FP32
+_AMD_GRPO_LOSS = _GRPO_LOSS
+
+
+def _amd_family(b16: dict, frozen_16: dict, fp32_fwd: dict, fp32_frozen: dict, fp32_bwd: dict, tf32: bool) -> dict:
+    combine_tf32 = _AMD_COMBINE_FP32 if tf32 else None
+    return {
+        "fwd": _amd_gemm(b16, fp32_fwd, _AMD_TF32 if tf32 else None),
+        "fwd_softmax_w": _amd_gemm(frozen_16, fp32_frozen, _AMD_FROZEN_TF32 if tf32 else None),
+        "bwd": _amd_gemm(b16, fp32_bwd, _AMD_TF32 if tf32 else None),
+        "combine": {"bf16": _AMD_COMBINE, "fp16": _AMD_COMBINE, "fp32": _AMD_COMBINE_FP32, "tf32": combine_tf32},
+        "grpo_loss": _same(_AMD_GRPO_LOSS),
+    }
+
+
+DEFAULTS.update(
+    {
+        "gfx90a": _amd_family(_AMD_16, _AMD_FROZEN_16_GFX90A, _AMD_FP32, _AMD_FROZEN_FP32, _AMD_FP32, tf32=False),
+        "gfx942": _amd_family(_AMD_16, _AMD_FROZEN_16_GFX942, _AMD_FP32, _AMD_FROZEN_FP32, _AMD_FP32, tf32=True),
+        "gfx950": _amd_family(
+            _AMD_16_GFX950, _AMD_16_GFX950, _AMD_FP32_GFX950_FWD, _AMD_FROZEN_FP32_GFX950, _AMD_FP32, tf32=False
+        ),
+    }
+)

@@ -36,6 +36,16 @@ class _Fields:
             if getattr(self, f.name) != getattr(default, f.name)
         }
 
+    def amd_options(self) -> dict:
+        """The AMD-only launch options this config sets (``AMD_OPTIONS`` fields off their defaults), passed to the
+        launch as keywords: empty for every NVIDIA entry, whose launch would reject them (Triton's CUDA backend has
+        no such options)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name in AMD_OPTIONS and getattr(self, f.name) != f.default
+        }
+
     @classmethod
     def from_dict(cls, fields: dict):
         unknown = set(fields) - field_names(cls)
@@ -83,6 +93,13 @@ class KernelConfig(LaunchOptions):
     workspace_bytes: int = 64 << 20
     # Fill outputs and workspaces with NaN before launching (tests: catches elements no kernel writes).
     poison: bool = False
+    # AMD-only launch options (Triton's HIP backend; ``AMD_OPTIONS``), set by the gfx* tables only. waves_per_eu:
+    # the occupancy the register allocator aims for (0: the compiler's choice). matrix_instr_nonkdim: the MFMA
+    # instruction's M/N (16: 16x16xK, 32: 32x32xK, 0: Triton's choice). kpack: K elements packed per MFMA operand
+    # load (1 or 2; triton forces 1 on gfx950).
+    waves_per_eu: int = 0
+    matrix_instr_nonkdim: int = 0
+    kpack: int = 1
 
     def label(self) -> str:
         """Short human-readable name, e.g. ``128x128x64 w8 s3``, plus any non-default launch fields."""
@@ -98,7 +115,7 @@ class KernelConfig(LaunchOptions):
             text += f" workspace_bytes={self.workspace_bytes >> 20}M"
         if self.enable_fp_fusion != default.enable_fp_fusion:
             text += f" fp_fusion={self.enable_fp_fusion}"
-        return text
+        return text + _amd_label(self)
 
 
 @dataclass(frozen=True)
@@ -108,9 +125,10 @@ class CombineConfig(LaunchOptions):
     block_n: int = 64  # rows per program
     block_k: int = 128  # hidden-dimension step of the target-logit dot and the softmax@W rescale
     num_warps: int = 4
+    waves_per_eu: int = 0  # AMD only (see KernelConfig)
 
     def label(self) -> str:
-        return f"{self.block_n}x{self.block_k} w{self.num_warps}"
+        return f"{self.block_n}x{self.block_k} w{self.num_warps}" + _amd_label(self)
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,7 @@ class GRPOLossConfig(LaunchOptions):
     max_block_t: int = 512  # tokens per tile (a row longer than this loops)
     max_tile: int = 1024  # BLOCK_B * BLOCK_T
     num_warps: int = 4
+    waves_per_eu: int = 0  # AMD only (see KernelConfig)
 
     def blocks(self, bsz: int, seqlen: int) -> tuple[int, int]:
         """(BLOCK_B, BLOCK_T) for a [bsz, seqlen] batch: powers of two, as ``tl.arange`` needs."""
@@ -128,7 +147,7 @@ class GRPOLossConfig(LaunchOptions):
         return block_b, block_t
 
     def label(self) -> str:
-        return f"t<={self.max_block_t} tile<={self.max_tile} w{self.num_warps}"
+        return f"t<={self.max_block_t} tile<={self.max_tile} w{self.num_warps}" + _amd_label(self)
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,16 @@ CONFIG_CLASSES: dict[str, type] = {
     "grpo_loss": GRPOLossConfig,
     "frozen_route": FrozenRoute,
 }
+
+
+# Launch options only Triton's HIP backend accepts (``HIPOptions`` in triton 3.6 and 3.9): config fields that the
+# launchers pass through ``amd_options()`` and that only the AMD families' tables (arch_configs.AMD_FAMILIES) set.
+AMD_OPTIONS: tuple[str, ...] = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+
+
+def _amd_label(cfg) -> str:
+    short = {"waves_per_eu": "wpe", "matrix_instr_nonkdim": "mfma", "kpack": "kpack"}
+    return "".join(f" {short[k]}{v}" for k, v in cfg.amd_options().items())
 
 
 def field_names(cls: type) -> set[str]:
@@ -268,7 +297,9 @@ def _parse_table(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
             raise ValueError(f"{path}: unknown kind {e.get('kind')!r} (kinds: {KINDS})")
         if e["kind"] == "frozen_route" and "config" not in e:  # the tuner records a route as {"identity": bool}
             e = {**e, "config": {"softmax_w_identity": bool(e["identity"])}}
-        CONFIG_CLASSES[e["kind"]].from_dict(e.get("config", {}))  # fail at load on a malformed table, not mid-run
+        cfg = CONFIG_CLASSES[e["kind"]].from_dict(e.get("config", {}))  # fail at load on a malformed table
+        if cfg.amd_options() and pathlib.Path(path).stem not in arch_configs.AMD_FAMILIES:
+            raise ValueError(f"{path}: AMD-only options {cfg.amd_options()} in a table of a non-AMD family")
         entries.append(e)
     return tuple(entries)
 

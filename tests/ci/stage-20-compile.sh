@@ -1,12 +1,14 @@
 # The compile gate, no GPU needed (tools/compile_report.py --ci --check): every kernel family x operand precision x
 # load style, with the launch table's real parameters, compiled for
-#   - every target (sm_75 ... sm_120) on this environment's triton (the newest), and
-#   - sm_80 + sm_90 on triton 3.6.0 (torch 2.10 / 2.11's pin, pyproject's floor) in a venv of its own, which borrows
+#   - every target (sm_75 ... sm_120, AMD gfx90a / gfx942 / gfx950) on this environment's triton (the newest), and
+#   - sm_80 + sm_90 + gfx942 on triton 3.6.0 (torch 2.10 / 2.11's pin, the floor) in a venv of its own, which borrows
 #     this environment's torch through a .pth file (compile_report needs torch only to import fastgrpo);
 # then the tests marked `stage` in the compile test files (autotuning candidates, GRPO loss flag combinations).
 # Measured 2026-12-01 on 2 cores: 202 s wall (225 s CPU, load average ~2.5 from other jobs) with the triton 3.6
 # venv already built (building it: ~20 s more); 458 s when the machine was shared more (load average ~8).
-# Any spill, shared memory over a target's limit, missing MMA or compile error fails the stage.
+# The AMD targets add 68 kernels (49 on triton 3.9, 19 on 3.6): 85 s of CPU, ~45 s wall on 2 idle cores (measured
+# 2026-12-03 with a fresh Triton cache; 351 s wall at load average ~16).
+# Any spill, shared memory (LDS) over a target's limit, missing MMA / MFMA or compile error fails the stage.
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/../.."
 cd "$ROOT"
@@ -33,7 +35,7 @@ MAIN_SITE="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"]
 VENV_SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "import site; site.addsitedir('$MAIN_SITE')" > "$VENV_SITE/zz-fastgrpo-main-env.pth"
 "$VENV/bin/python" tests/ci/versions.py "triton 3.6.0 venv"
-echo "== triton $("$VENV/bin/python" -c 'import triton; print(triton.__version__)'): sm_80 + sm_90"
+echo "== triton $("$VENV/bin/python" -c 'import triton; print(triton.__version__)'): sm_80 + sm_90 + gfx942"
 "$VENV/bin/python" tools/compile_report.py --ci --check --jobs "$JOBS"
 # triton 3.6's interpreter with the pinned numpy: the kernel-helper and GRPO loss tests (about 20 s).
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_kernel_helpers.py tests/test_grpo_loss.py
