@@ -43,3 +43,47 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_trainer_parity_with_stock_trl(case: TrainerCase, tmp_path: Path) -> None:
     check_case(case, tmp_path)
+
+
+def test_patch_after_build_keeps_trls_head_and_unpatch_restores_live_trainers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer built before patch_trl() keeps trl's head (it built it when the name was trl's); one built while
+    patched scores through fastgrpo's, and through trl's again after unpatch_trl()."""
+    import trl.trainer.utils as trl_utils
+    from _trl_trainers import build
+
+    import fastgrpo
+    import fastgrpo.integration.head as head
+    from fastgrpo.integration.head import fused_head_config
+
+    calls = {"trl": 0, "fastgrpo": 0}
+    real_trl, real_fast = trl_utils._ChunkedLogProbFunction, head.linear_logprobs
+
+    class CountingTrl:
+        @staticmethod
+        def apply(*args: object) -> object:
+            calls["trl"] += 1
+            return real_trl.apply(*args)
+
+    def counting_fast(*args: object, **kwargs: object) -> object:
+        calls["fastgrpo"] += 1
+        return real_fast(*args, **kwargs)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingTrl)
+    monkeypatch.setattr(head, "linear_logprobs", counting_fast)
+    case = TrainerCase("lifecycle", "sft", config=dict(max_steps=1))
+    before = build(case, tmp_path)
+    fastgrpo.patch_trl(backend="torch")
+    try:
+        during = build(case, tmp_path)
+        assert fused_head_config(before.model) is None and fused_head_config(during.model) is not None
+        before.train()
+        assert calls == {"trl": 1, "fastgrpo": 0}, calls
+        during.train()
+        assert calls == {"trl": 1, "fastgrpo": 1}, calls
+    finally:
+        fastgrpo.unpatch_trl()
+    assert fused_head_config(during.model) is None
+    during.train()
+    assert calls == {"trl": 2, "fastgrpo": 1}, calls
