@@ -49,8 +49,25 @@ def _texts(n: int, offset: int = 0) -> list[str]:
     return [f"What is {i + offset} + {i + 3}?" for i in range(n)]
 
 
+_SHARED: dict[str, Any] = {}
+
+
+def model_path() -> Path:
+    """One tiny model directory per test process (every case starts from these weights; trainers never write it)."""
+    if "root" not in _SHARED:
+        _SHARED["root"] = Path(tempfile.mkdtemp(prefix="fastgrpo-trl-trainers-"))
+    return make_model_dir(Case("trl-trainers"), _SHARED["root"])
+
+
 def greedy_completions(path: Path, prompts: list[str], n_tokens: int = 6) -> list[str]:
     """The initial model's greedy continuation of each prompt: a fixture whose tokens are often the model's top-1."""
+    key = f"greedy|{path}|{prompts}|{n_tokens}"
+    if key not in _SHARED:
+        _SHARED[key] = _greedy(path, prompts, n_tokens)
+    return list(_SHARED[key])
+
+
+def _greedy(path: Path, prompts: list[str], n_tokens: int) -> list[str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,7 +119,7 @@ def build(case: TrainerCase, root: Path) -> Any:
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = make_model_dir(Case("trl-trainers"), root)
+    path = model_path()
     tok = AutoTokenizer.from_pretrained(str(path))
     out_dir = tempfile.mkdtemp(prefix=f"{case.name}-", dir=str(root))
     peft_config = None
