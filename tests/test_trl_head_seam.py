@@ -77,22 +77,24 @@ def _batch(vocab: int, *, all_masked: bool = False) -> tuple[torch.Tensor, torch
 
 
 @pytest.mark.parametrize(
-    "family, model_kwargs, temperature, cast",
+    "family, model_kwargs, temperature, cast, backend",
     [
-        ("qwen2", {}, 0.7, False),
-        ("gemma2", {"final_logit_softcapping": 2.0, "tie_word_embeddings": True}, 1.0, True),
+        ("qwen2", {}, 0.7, False, "torch"),
+        ("gemma2", {"final_logit_softcapping": 2.0, "tie_word_embeddings": True}, 1.0, True, "torch"),
+        pytest.param("cohere", {"logit_scale": 0.3}, 0.8, False, "triton", marks=pytest.mark.interpreter),
     ],
+    ids=["qwen2-torch", "gemma2-softcap-fp32-torch", "cohere-scale-triton"],
 )
 @pytest.mark.parametrize("shifted", [False, True], ids=["labels", "shift_labels"])
 def test_every_output_matches_trls_head(
-    tmp_path: Path, family: str, model_kwargs: dict, temperature: float, cast: bool, shifted: bool
+    tmp_path: Path, family: str, model_kwargs: dict, temperature: float, cast: bool, backend: str, shifted: bool
 ) -> None:
     import trl.trainer.utils as trl_utils
 
     stock = _model(tmp_path, family=family, **model_kwargs)
     ours = copy.deepcopy(stock)
     trl_utils.add_fused_lm_head(stock, temperature=temperature, cast_lm_head_to_fp32=cast, outputs=HEAD_OUTPUTS)
-    fastgrpo.add_fused_lm_head(ours, temperature, cast, HEAD_OUTPUTS, backend="torch")
+    fastgrpo.add_fused_lm_head(ours, temperature, cast, HEAD_OUTPUTS, backend=backend)
     ids, mask, labels = _batch(stock.config.vocab_size)
     with torch.no_grad():  # every other label is the model's own argmax (a top-1 target), with a clear margin
         z = stock(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
