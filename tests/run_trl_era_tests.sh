@@ -27,7 +27,8 @@ VENV="${FASTGRPO_TRL_ERA_VENV:-${TMPDIR:-/tmp}/fastgrpo-trl-eras-venv}"
 PY="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 # The seams that differ between eras: log-prob method and fused head (parity: the grpo / dapo / vespo losses, the
-# off-policy mask with eval, LoRA, trl's loss math), loss entry point and wiring, patching, the adapter's own tests.
+# off-policy mask with eval, LoRA, trl's loss math), loss entry point and wiring, patching, the adapter's own tests,
+# and (trl >= 1.15) the fused head behind SFT / DPO / KTO / RLOO / async GRPO.
 # test_patch.py's two subprocess tests do not depend on the trl release (the main stage runs them) and are left out.
 TESTS=(
   tests/test_trainer_trl_adapter.py
@@ -40,6 +41,10 @@ TESTS=(
   "tests/test_trainer_parity.py::test_parity_fused_loss[lora_beta]"
   "tests/test_trainer_parity.py::test_parity_fused_loss[eval_off_policy_mask_sequence_no_bias_correction]"
   "tests/test_trainer_parity.py::test_parity_trl_loss_fallback[dapo_ga2_iters2]"
+  # The head seam of every other trainer (trl >= 1.15; skipped on older releases): fastgrpo's add_fused_lm_head
+  # against trl's, and SFT / DPO / KTO / RLOO parity with stock trl.
+  tests/test_trl_head_seam.py
+  tests/test_trl_trainers_parity.py
 )
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
@@ -50,9 +55,10 @@ else
   "$PY" -m venv "$VENV"
   # torch first and pinned: the local CPU wheel. An unpinned torch would pull multi-GB CUDA wheels.
   "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}"
-  # requests: trl < 1.16 imports it, and huggingface_hub 1.x no longer brings it.
+  # requests: trl < 1.16 imports it, and huggingface_hub 1.x no longer brings it. aiohttp: trl's async GRPO
+  # module imports it (its head call is tested on every release that has it).
   "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}" "triton==3.9.0" "accelerate==1.15.0" \
-    "peft>=0.15" "pytest>=8" "pytest-benchmark>=4.0" requests
+    "peft>=0.15" "pytest>=8" "pytest-benchmark>=4.0" requests aiohttp
 fi
 # Always (re)install this checkout: a reused venv may point at another clone.
 "$VENV/bin/pip" install --quiet --no-compile --no-deps -e "$ROOT"
