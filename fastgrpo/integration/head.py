@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from ..api import LogProbs, linear_logprobs
 from ..options import LogProbOptions
+from .tensor_parallel import vocab_parallel_projection
 
 _ATTR = "_fastgrpo_fused_head"
 
@@ -318,7 +319,10 @@ def _fused_forward(
     if config.cast_lm_head_to_fp32:
         hidden_states = hidden_states.float()
         autocast_ctx = torch.autocast(hidden_states.device.type, enabled=False)
-    weight, bias = _gather_sharded_head(weight), _gather_sharded_head(bias)
+    project = vocab_parallel_projection(weight, bias)  # a TP-sharded head is scored shard by shard, never gathered
+    if project is None:
+        weight, bias = _gather_sharded_head(weight), _gather_sharded_head(bias)
+        project = project_logprobs
     # Only labelled positions are projected: prompt and padding rows cost no matmul work.
     n_valid = int(mask.sum())
     if n_valid == 0:
@@ -328,9 +332,7 @@ def _fused_forward(
         entropy = log_probs.clone() if want_entropy else None
     else:
         with autocast_ctx:
-            valid_logp, valid_entropy = project_logprobs(
-                hidden_states[mask], weight, bias, labels[mask], config, want_entropy
-            )
+            valid_logp, valid_entropy = project(hidden_states[mask], weight, bias, labels[mask], config, want_entropy)
         log_probs = valid_logp.new_zeros(mask.shape).masked_scatter(mask, valid_logp)
         entropy = None
         if want_entropy and valid_entropy is not None:
