@@ -13,6 +13,7 @@ trains stock trl in one process on the same models: the reference. Rank 0 writes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -26,10 +27,17 @@ TP_RUNS = (
     ("fast", "v4096", "fast"),
     ("patched", "v4096", "patched"),
     ("stock", "v4096", "stock"),
+    ("stock-seeded", "v4096", "stock-seeded"),
     ("fast-tied", "v4096-tied", "fast"),
 )
-MODEL_VARIANTS = {"v4096": {"vocab_size": 4096}, "v4096-tied": {"vocab_size": 4096, "tie_word_embeddings": True}}
-HIDDEN = 64  # V*H = 262144: above any [tokens, V] tensor these tiny runs make (at most 40 x 4096 logits)
+# One-process references: (model variant, trainer).
+SINGLE_RUNS = (("v4096", "fast"), ("v4096", "stock"), ("v4096-tied", "fast"))
+MODEL_VARIANTS = {
+    "v4096": {"vocab_size": 4096},
+    "v4096-tied": {"vocab_size": 4096, "tie_word_embeddings": True},
+}
+# 2 key-value heads: TP shards attention by head, so each of the 2 ranks needs one.
+HIDDEN = 32  # V*H = 131072: above every new [tokens, V / 2] tensor of fastgrpo under TP here (32 x 2048)
 
 
 class BigTensorRecorder:
@@ -54,6 +62,9 @@ class BigTensorRecorder:
 
     def _see(self, func: Any, out: Any) -> None:
         import torch
+
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return  # a view or an in-place result: no new memory
         from torch.distributed.tensor import DTensor
         from torch.utils._pytree import tree_leaves
 
@@ -62,8 +73,9 @@ class BigTensorRecorder:
                 continue
             n = t._local_tensor.numel() if isinstance(t, DTensor) else t.numel()
             self.largest = max(self.largest, n)
-            if n >= self.limit and len(self.hits) < 20:
-                self.hits.append(f"{func} -> {tuple(t.shape)}")
+            hit = f"{func} -> {tuple(t.shape)}"
+            if n >= self.limit and hit not in self.hits:
+                self.hits.append(hit)
 
     def __enter__(self) -> BigTensorRecorder:
         self.mode.__enter__()
@@ -194,6 +206,11 @@ def _op_checks(out: Path) -> None:
         results["mesh-dp_shard-tp"] = {"error": str(e)}
     fsdp = init_device_mesh("cpu", (2,), mesh_dim_names=("dp_shard",))
     results["mesh-fsdp"] = {"tp_dim": tp_dim(distribute_tensor(weight, fsdp, [Shard(0)]))}
+    # The recorder sees a gathered head.
+    wd = distribute_tensor(torch.randn(1000, 24, dtype=torch.float64), mesh, [Shard(0)])
+    with BigTensorRecorder(1000 * 24) as rec:
+        wd.full_tensor()
+    results["recorder-sensitivity"] = rec.hits
     if _rank() == 0:
         torch.save(results, out / "op.pt")
 
@@ -222,6 +239,9 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
         num_generations=4,
         model_init_kwargs=model_kwargs,
         entropy_coef=0.01,
+        # No clipping: under TP the clipped norm differs from one process's by ~1.6e-5 relative (stock trl too),
+        # which moves every weight by that fraction of its update; the head's own error is what is measured here.
+        max_grad_norm=float(os.environ.get("FASTGRPO_TP_MAX_GRAD_NORM", "0")),
         ddp_backend="gloo" if tp else None,
     )
     extra: dict[str, Any] = {}
@@ -239,6 +259,10 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
             train_dataset=prompt_dataset(8),
             **extra,
         )
+        if trainer_name == "stock-seeded":  # stock trl with fastgrpo's TP seeding only: the backbone's own TP error
+            from fastgrpo.integration.tensor_parallel import seed_generation
+
+            seed_generation(trainer)
         original = trainer._generate_and_score_completions
 
         def record(inputs: Any) -> Any:
@@ -250,7 +274,8 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
         weight = trainer.model.get_output_embeddings().weight
         vocab, hidden = weight.shape
         calls = _count_full_tensor()
-        with BigTensorRecorder(vocab * hidden) as rec:
+        rec = BigTensorRecorder(vocab * hidden)
+        with rec if not os.environ.get("NO_MODE") else contextlib.nullcontext():
             trainer.train()
         full_tensor_calls = calls.close()
     finally:
@@ -311,7 +336,7 @@ def build_models(models_dir: Path) -> None:
     _, tok = tokenizer_dir()
     for name, kwargs in MODEL_VARIANTS.items():
         tok.save_pretrained(str(models_dir / name))
-        build_model(models_dir / name, tok, hidden_size=HIDDEN, **kwargs)
+        build_model(models_dir / name, tok, hidden_size=HIDDEN, num_key_value_heads=2, **kwargs)
 
 
 def main() -> None:
@@ -322,9 +347,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     only = sys.argv[4].split(",") if len(sys.argv) > 4 else None
     if mode == "single":
-        for variant in MODEL_VARIANTS:
-            if only is None or f"single-{variant}" in only:
-                _train(f"single-{variant}", variant, "stock", models_dir, out, tp=False)
+        for variant, trainer_name in SINGLE_RUNS:
+            run = f"single-{trainer_name}-{variant}"
+            if only is None or run in only:
+                _train(run, variant, trainer_name, models_dir, out, tp=False)
         return
     import _dist_tp_cpu
     import torch.distributed as dist
