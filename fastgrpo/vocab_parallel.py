@@ -9,6 +9,12 @@ rank r's slice and ``z = cat(z_0, ..., z_{n-1})``::
     lse = logsumexp(stack(lse_r));  w_r = exp(lse_r - lse)           # combine, identical on every rank
     logp = z[target] - lse                                           # z[target] from the rank that owns it
     entropy = lse - sum_r w_r * mean_r                               # = -(softmax(z) * log_softmax(z)).sum()
+    log_sum_sq_probs = logsumexp(stack(lse2_r)) - 2 * lse            # lse2_r = logsumexp(2 z_r), when asked
+    mean_logits = sum_r sum(z_r) / V                                 # when asked
+
+Each shard statistic comes from the shard's own fused outputs (``lse2_r = log_sum_sq_probs_r + 2 lse_r``,
+``sum(z_r) = mean_logits_r * V_r``). ``is_top1`` needs each shard's maximum, which the fused op does not return:
+it is refused under TP.
 
 The backward is the fused backward of each slice, run with the combined ``lse`` and ``entropy`` (its softmax is then
 the global one): it yields that slice's dW (and db) and a partial dHidden, summed over the group by one all-reduce.
@@ -28,13 +34,19 @@ from .ops import _impl, logprobs_forward
 from .options import LogProbOptions
 from .torch_backend import acc_dtype
 
-# Statistics gathered per token and rank: lse, the owned target logit (0 elsewhere), and the mean logit (entropy).
-_LSE, _ZT, _MEAN = 0, 1, 2
+# Statistics gathered per token and rank: lse and the owned target logit (0 elsewhere), then those asked for.
+_LSE, _ZT = 0, 1
+
+
+def _columns(opts: LogProbOptions) -> dict[str, int]:
+    asked = [("mean", opts.return_entropy), ("lse2", opts.return_log_sum_sq_probs), ("sum", opts.return_mean_logits)]
+    names = ["lse", "z_t"] + [name for name, flag in asked if flag]
+    return {name: i for i, name in enumerate(names)}
 
 
 def _shard_options(opts: LogProbOptions, entropy: bool) -> LogProbOptions:
     # Every row of a shard is scored: -1 never occurs among the shard's (clamped or sentinel) targets.
-    return dataclasses.replace(opts, ignore_index=-1, return_entropy=entropy)
+    return dataclasses.replace(opts, ignore_index=-1, return_entropy=entropy, return_is_top1=False)
 
 
 def shard_targets(targets: torch.Tensor, vocab_start: int, vocab_local: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,35 +66,48 @@ def shard_statistics(
     compute_dtype: torch.dtype,
     backend: str,
 ) -> torch.Tensor:
-    """[N, 2 or 3] fp32 statistics of one vocabulary shard (lse, owned target logit, mean logit with entropy), from the
+    """[N, k] statistics of one vocabulary shard (see the module docstring; columns as ``_columns(opts)``), from the
     backend's fused forward over the shard (targets outside it scored at a clamped id, and that logit dropped)."""
     local, owned = shard_targets(targets, vocab_start, weight.shape[0])
     clamped = local.clamp(max=weight.shape[0] - 1)
-    logp, entropy, lse, _, _ = logprobs_forward(
-        hidden, weight, bias, clamped, _shard_options(opts, opts.return_entropy), False, compute_dtype, backend
+    shard_opts = _shard_options(opts, opts.return_entropy)
+    logp, entropy, lse, _, _, log_sum_sq, mean_logits, _ = logprobs_forward(
+        hidden, weight, bias, clamped, shard_opts, False, compute_dtype, backend
     )
-    z_t = torch.where(owned, logp + lse, torch.zeros_like(lse))
-    columns = [lse, z_t] + ([lse - entropy] if opts.return_entropy else [])
+    columns = [lse, torch.where(owned, logp + lse, torch.zeros_like(lse))]
+    if opts.return_entropy:
+        columns.append(lse - entropy)
+    if opts.return_log_sum_sq_probs:
+        columns.append(log_sum_sq + 2 * lse)
+    if opts.return_mean_logits:
+        columns.append(mean_logits * weight.shape[0])
     return torch.stack(columns, dim=1)
 
 
 def combine_statistics(
-    stats: torch.Tensor,  # [shards, N, 2 or 3], in vocabulary order
+    stats: torch.Tensor,  # [shards, N, k], every rank's in the same order
     targets: torch.Tensor,
     opts: LogProbOptions,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logp, entropy or empty, lse, entropy for the backward or empty) from every shard's statistics, in a fixed
-    order so every rank computes the same bits; logp and entropy are 0 at ``ignore_index``."""
+    vocab_size: int,
+) -> tuple[torch.Tensor, ...]:
+    """(logp, entropy, log_sum_sq_probs, mean_logits, lse, entropy for the backward): each output empty unless asked,
+    0 at ``ignore_index``. Reductions over shards run in a fixed order, so every rank computes the same bits."""
+    col = _columns(opts)
     lse = torch.logsumexp(stats[:, :, _LSE], dim=0)
     z_t = stats[:, :, _ZT].sum(0)  # one owner per row; the other shards add exact zeros
     valid = targets != opts.ignore_index
-    zero = torch.zeros_like(lse)
+    zero, empty = torch.zeros_like(lse), lse.new_zeros(0)
     logp = torch.where(valid, z_t - lse, zero)
-    if not opts.return_entropy:
-        return logp, lse.new_zeros(0), lse, lse.new_zeros(0)
-    weights = torch.exp(stats[:, :, _LSE] - lse)
-    full_entropy = lse - (weights * stats[:, :, _MEAN]).sum(0)
-    return logp, torch.where(valid, full_entropy, zero), lse, full_entropy
+    entropy = full_entropy = log_sum_sq = mean_logits = empty
+    if opts.return_entropy:
+        weights = torch.exp(stats[:, :, _LSE] - lse)
+        full_entropy = lse - (weights * stats[:, :, col["mean"]]).sum(0)
+        entropy = torch.where(valid, full_entropy, zero)
+    if opts.return_log_sum_sq_probs:
+        log_sum_sq = torch.where(valid, torch.logsumexp(stats[:, :, col["lse2"]], dim=0) - 2 * lse, zero)
+    if opts.return_mean_logits:
+        mean_logits = torch.where(valid, stats[:, :, col["sum"]].sum(0) / vocab_size, zero)
+    return logp, entropy, log_sum_sq, mean_logits, lse, full_entropy
 
 
 def shard_backward(
@@ -119,7 +144,9 @@ def shard_backward(
         empty,
         g_l,
         g_h,
-        _shard_options(opts, g_h is not None),
+        dataclasses.replace(
+            _shard_options(opts, g_h is not None), return_log_sum_sq_probs=False, return_mean_logits=False
+        ),
         compute_dtype,
         needs,
     )
@@ -138,10 +165,13 @@ class VocabParallelLogProbsFunction(torch.autograd.Function):
     ``group`` is the TP process group, ordered as the vocabulary shards are."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, vocab_start, group, opts, compute_dtype, backend):
+    def forward(ctx, hidden, weight, bias, targets, vocab_start, vocab_size, group, opts, compute_dtype, backend):
         ctx.set_materialize_grads(False)
         stats = shard_statistics(hidden, weight, bias, targets, vocab_start, opts, compute_dtype, backend)
-        logp, entropy, lse, full_entropy = combine_statistics(_all_gather(stats, group), targets, opts)
+        gathered = _all_gather(stats, group)
+        logp, entropy, log_sum_sq, mean_logits, lse, full_entropy = combine_statistics(
+            gathered, targets, opts, vocab_size
+        )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, full_entropy)
         ctx.vocab_start, ctx.group, ctx.opts, ctx.compute_dtype, ctx.backend = (
             vocab_start,
@@ -150,16 +180,16 @@ class VocabParallelLogProbsFunction(torch.autograd.Function):
             compute_dtype,
             backend,
         )
-        ctx.mark_non_differentiable(targets)
-        return logp, entropy
+        ctx.mark_non_differentiable(targets, log_sum_sq, mean_logits)
+        return logp, entropy, log_sum_sq, mean_logits
 
     @staticmethod
-    def backward(ctx, grad_logp, grad_entropy):
+    def backward(ctx, grad_logp, grad_entropy, *_non_differentiable):
         import torch.distributed as dist
 
         hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        none = (None,) * 6
+        none = (None,) * 7
         if not (need_x or need_w or need_b) or (grad_logp is None and grad_entropy is None):
             return None, None, None, *none
         if entropy.numel() == 0:
@@ -204,6 +234,11 @@ def vocab_parallel_linear_logprobs(
     result is the same on every rank. Gradients: this rank's dW/db slice, and the full dHidden (all-reduced).
     """
     opts = options or LogProbOptions()
+    if opts.return_is_top1:
+        raise NotImplementedError(
+            "return_is_top1 under tensor parallelism: it needs each vocabulary shard's maximum, which the fused op "
+            "does not return; log_sum_sq_probs and mean_logits are supported"
+        )
     check_linear_logprobs_inputs(hidden, weight, torch.zeros_like(targets), bias, opts.ignore_index)
     if not 0 <= vocab_start <= vocab_size - weight.shape[0]:
         raise ValueError(
@@ -219,15 +254,17 @@ def vocab_parallel_linear_logprobs(
     impl = resolve_backend(backend, hidden.device)
     compute_dtype = compute_dtype_for(hidden, weight)
     lead = hidden.shape[:-1]
-    logp, entropy = VocabParallelLogProbsFunction.apply(
+    outs = VocabParallelLogProbsFunction.apply(
         hidden.reshape(-1, hidden.shape[-1]),
         weight,
         bias,
         targets.reshape(-1),
         vocab_start,
+        vocab_size,
         group,
         opts,
         compute_dtype,
         impl,
     )
-    return LogProbs(logp.view(lead), entropy.view(lead) if opts.return_entropy else None)
+    flags = (True, opts.return_entropy, opts.return_log_sum_sq_probs, opts.return_mean_logits)
+    return LogProbs(*(t.view(lead) if flag else None for t, flag in zip(outs, flags)), None)
