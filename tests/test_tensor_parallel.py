@@ -160,7 +160,7 @@ def test_stock_trl_under_tp(work_dir: Path) -> None:
     """Information: stock trl gathers the head under TP. Asserted: its TP ranks sample different completions (trl
     seeds per process), which fastgrpo's reseeding fixes (test_tp_training_matches_one_process)."""
     stock = _load(work_dir, "tp", "stock")
-    ref = _load(work_dir, "single", "single-stock-v4096")
+    ref = _load(work_dir, "single", "single-fast-v4096")  # one process (held to stock trl by the parity tests)
     line = {
         "stock_head_tensors": _head_tensors(stock["facts"])[:6],
         "stock_largest_tensor": stock["facts"]["largest_tensor"],
