@@ -185,6 +185,32 @@ def _op_checks(out: Path) -> None:
             err["bias_grad"] = (local - br.grad[lo : lo + local.shape[0]]).abs().max().item()
         results[name] = err
 
+    # The trainer-wide head's form (a tuple of output names): the extra outputs against float64; is_top1 refused.
+    from fastgrpo.reference import reference_all_outputs
+
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(13, 24, generator=g, dtype=torch.float64)
+    weight = torch.randn(999, 24, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 999, (13,), generator=g)
+    targets[0] = -100
+    config = FusedHeadConfig(backend="torch", temperature=0.8, softcap=4.0)
+    wd = distribute_tensor(weight, mesh, [Shard(0)])
+    want = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits")
+    got = vocab_parallel_projection(wd, None)(hidden, wd, None, targets, config, want)  # type: ignore[misc]
+    opts = LogProbOptions(
+        temperature=0.8, softcap=4.0, return_entropy=True, return_log_sum_sq_probs=True, return_mean_logits=True
+    )
+    ref = reference_all_outputs(hidden, weight, targets, None, opts)
+    results["extras"] = {
+        name: (x - r).abs().max().item() for name, x, r in zip(want, got, ref) if x is not None and r is not None
+    }
+    results["extras"]["is_top1_none"] = got[4] is None
+    try:
+        vocab_parallel_projection(wd, None)(hidden, wd, None, targets, config, ("log_probs", "is_top1"))  # type: ignore[misc]
+        results["extras"]["is_top1_error"] = None
+    except NotImplementedError as e:
+        results["extras"]["is_top1_error"] = str(e)
+
     # Meshes: a 2-D (1, 2) mesh, replicated over a data-parallel dim (supported) or also FSDP-sharded (refused); a
     # 1-D FSDP-named mesh keeps the gather path.
     weight = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))

@@ -103,6 +103,17 @@ def test_vocab_parallel_head_matches_the_whole_head(work_dir: Path, case: str) -
     assert err["big_tensors"] == [], err
 
 
+def test_trainer_wide_head_outputs(work_dir: Path) -> None:
+    """The head's tuple-of-names form: entropy, log_sum_sq_probs and mean_logits equal float64 on the whole head;
+    is_top1 is refused with an error saying why."""
+    extras = _load(work_dir, "tp", "op")["extras"]
+    print("TP-EXTRAS " + json.dumps(extras))
+    for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits"):
+        assert extras[name] < 1e-12, (name, extras)
+    assert extras["is_top1_none"]
+    assert "return_is_top1 under tensor parallelism" in (extras["is_top1_error"] or ""), extras
+
+
 def test_dispatch_recorder_sees_a_gathered_head(work_dir: Path) -> None:
     """The recorder the training runs use does catch a head gathered with full_tensor()."""
     assert _load(work_dir, "tp", "op")["recorder-sensitivity"], "full_tensor() of the head was not recorded"

@@ -66,7 +66,7 @@ def _local_rows(param: Any, tp: int) -> tuple[torch.Tensor, int]:
     return param.to_local(), int(offset[0])
 
 
-def vocab_parallel_projection(weight: Any, bias: Any) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
+def vocab_parallel_projection(weight: Any, bias: Any) -> Callable[..., tuple[torch.Tensor | None, ...]] | None:
     """A replacement for :func:`.head.project_logprobs` when ``weight`` is a TP-sharded head, else None."""
     tp = tp_dim(weight)
     if tp is None:
@@ -86,15 +86,21 @@ def vocab_parallel_projection(weight: Any, bias: Any) -> Callable[..., tuple[tor
         bias: Any,
         targets: torch.Tensor,
         config: Any,
-        want_entropy: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        want: bool | tuple[str, ...],
+    ) -> tuple[torch.Tensor | None, ...]:
+        # ``want``: whether to return the entropy (today's head: returns (logp, entropy)), or the names of the head
+        # outputs to compute (the trainer-wide head: returns (logp, entropy, log_sum_sq_probs, mean_logits, is_top1)).
+        names = ("log_probs", "entropy") if want is True else ("log_probs",) if want is False else tuple(want)
         w_local, start = _local_rows(weight, tp)
         b_local = None if bias is None else _local_rows(bias, tp)[0]
         options = LogProbOptions(
             temperature=config.temperature,
             logit_scale=config.logit_scale,
             softcap=config.softcap,
-            return_entropy=want_entropy,
+            return_entropy="entropy" in names,
+            return_log_sum_sq_probs="log_sum_sq_probs" in names,
+            return_mean_logits="mean_logits" in names,
+            return_is_top1="is_top1" in names,
         )
         out = vocab_parallel_linear_logprobs(
             hidden,
@@ -107,7 +113,9 @@ def vocab_parallel_projection(weight: Any, bias: Any) -> Callable[..., tuple[tor
             options=options,
             backend=config.backend,
         )
-        return out.logp, out.entropy
+        if isinstance(want, bool):
+            return out.logp, out.entropy
+        return tuple(out)
 
     return project
 
