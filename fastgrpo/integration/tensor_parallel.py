@@ -32,6 +32,8 @@ def tp_dim(param: Any) -> int | None:
     NotImplementedError for TP shardings the vocab-parallel head does not cover: a head sharded on another dimension
     over TP, or also sharded over a second mesh dimension (FSDP x TP with the head as an FSDP unit of its own).
     """
+    if not torch.distributed.is_available():
+        return None
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     if not isinstance(param, DTensor):
