@@ -72,7 +72,7 @@ def build_model(
         intermediate_size=2 * hidden_size,
         num_hidden_layers=1,
         num_attention_heads=2,
-        num_key_value_heads=1,
+        num_key_value_heads=config_kwargs.pop("num_key_value_heads", 1),
         max_position_embeddings=256,
         tie_word_embeddings=tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,

@@ -23,6 +23,7 @@ from transformers.utils import ModelOutput
 
 from ..api import LogProbs, linear_logprobs
 from ..options import LogProbOptions
+from .tensor_parallel import vocab_parallel_projection
 
 _ATTR = "_fastgrpo_fused_head"
 # Per-token outputs of trl's fused head (``trl.kernels.chunked_logprob.OPTIONAL_OUTPUTS`` plus the log-probs, which are
@@ -453,7 +454,10 @@ def _fused_forward(
     if config.cast_lm_head_to_fp32:
         hidden_states = hidden_states.float()
         autocast_ctx = torch.autocast(hidden_states.device.type, enabled=False)
-    weight, bias = _gather_sharded_head(weight), _gather_sharded_head(bias)
+    project = vocab_parallel_projection(weight, bias)  # a TP-sharded head is scored shard by shard, never gathered
+    if project is None:
+        weight, bias = _gather_sharded_head(weight), _gather_sharded_head(bias)
+        project = project_logprobs
     # Only labelled positions are projected: prompt and padding rows cost no matmul work.
     n_valid = int(mask.sum())
     if n_valid == 0:
@@ -471,7 +475,7 @@ def _fused_forward(
         per_token: tuple[torch.Tensor | None, ...] = (log_probs, *(empty(name) for name in OPTIONAL_OUTPUTS))
     else:
         with autocast_ctx:
-            valid = project_logprobs(hidden_states[mask], weight, bias, labels[mask], config, want)
+            valid = project(hidden_states[mask], weight, bias, labels[mask], config, want)
         per_token = tuple(_scatter(mask, x) for x in valid)
     log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1 = per_token
     denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch

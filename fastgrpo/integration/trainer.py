@@ -52,6 +52,7 @@ from .head import (
     install_fused_head,
     uninstall_fused_head,
 )
+from .tensor_parallel import seed_generation
 
 if TYPE_CHECKING:
     from .fingerprints import TrlSupport
@@ -119,6 +120,7 @@ def _fastgrpo_init(
     backend = resolve_backend_choice(fastgrpo_backend)
     loss_path = _loss.resolve_loss_path(fastgrpo_loss)
     _trl("__init__")(self, *args, **kwargs)
+    seed_generation(self)  # under TP, trl's per-process seeds would make TP ranks sample different completions
     _setup_fastgrpo(self, backend, loss_path)
 
 

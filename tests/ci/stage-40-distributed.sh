@@ -8,3 +8,6 @@ if ! python -c "import deepspeed" 2>/dev/null; then
   python tests/ci/versions.py "after installing the dist extra"
 fi
 DS_ACCELERATOR=cpu python -m pytest -q -rP -m stage tests/test_distributed_engines.py
+# Tensor parallelism (tp_plan="auto", 2 gloo processes, the MULTI_CPU shim): the vocab-parallel head against one
+# process, and the dispatch-mode check that no rank creates a V*H tensor for the head (tests/test_tensor_parallel.py).
+python -m pytest -q -rP -m stage tests/test_tensor_parallel.py
