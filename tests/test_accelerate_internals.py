@@ -2,8 +2,8 @@
 with the signatures they call, so a new accelerate that changes them fails here, in seconds and by name, instead of
 as a crashed torchrun launch in the distributed stage.
 
-Checked 2026-12-03: the distributed stage (tests/test_distributed_engines.py) passes unchanged on accelerate 1.16.0
-and on 1.10.1, the oldest trl 1.16 accepts (a scratch venv with ``accelerate==1.10.1``; see CHANGELOG).
+Checked 2026-12-03: the distributed stage (tests/test_distributed_engines.py) passes on accelerate 1.16.0 and on
+1.10.1, the oldest trl 1.16 accepts (a scratch venv with ``accelerate==1.10.1``; see CHANGELOG).
 """
 
 from __future__ import annotations
