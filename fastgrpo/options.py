@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class LogProbOptions:
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
             raise TypeError(f"ignore_index must be an int, got {type(self.ignore_index).__name__}")
+
+    def with_(self, **changes: object) -> LogProbOptions:
+        """A copy with ``changes`` applied (and checked again)."""
+        return replace(self, **changes)  # an options object, not a launch config
 
     @property
     def has_softcap(self) -> bool:

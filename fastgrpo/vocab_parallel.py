@@ -22,7 +22,6 @@ the global one): it yields that slice's dW (and db) and a partial dHidden, summe
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -46,7 +45,7 @@ def _columns(opts: LogProbOptions) -> dict[str, int]:
 
 def _shard_options(opts: LogProbOptions, entropy: bool) -> LogProbOptions:
     # Every row of a shard is scored: -1 never occurs among the shard's (clamped or sentinel) targets.
-    return dataclasses.replace(opts, ignore_index=-1, return_entropy=entropy, return_is_top1=False)
+    return opts.with_(ignore_index=-1, return_entropy=entropy, return_is_top1=False)
 
 
 def shard_targets(targets: torch.Tensor, vocab_start: int, vocab_local: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,9 +143,7 @@ def shard_backward(
         empty,
         g_l,
         g_h,
-        dataclasses.replace(
-            _shard_options(opts, g_h is not None), return_log_sum_sq_probs=False, return_mean_logits=False
-        ),
+        _shard_options(opts, g_h is not None).with_(return_log_sum_sq_probs=False, return_mean_logits=False),
         compute_dtype,
         needs,
     )
