@@ -122,6 +122,12 @@ class LaunchConfigResolver:
 
     # ---- the pieces resolve reads ----
 
+    def with_outputs(self, cfg, kind: str, precision: str, device: torch.device):
+        """``cfg`` of a forward (``kind`` "fwd" / "fwd_softmax_w") that asks for an optional output, with the fields
+        ``arch_configs.OUTPUT_TILES`` replaces on this device (where the table's tile spills with them)."""
+        fields = arch_configs.output_tiles(self.arch(device), kind, precision)
+        return dataclasses.replace(cfg, **fields) if fields else cfg
+
     def arch(self, device: torch.device) -> str | None:
         """The architecture family of a CUDA device (``arch_configs.arch_family``), or of an AMD GPU on a ROCm torch
         (``arch_configs.amd_family`` of its gfx name: its "capability" numbers collide with NVIDIA's); None for

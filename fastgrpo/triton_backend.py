@@ -109,6 +109,10 @@ def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: tor
 
 
 def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w):
+    if opts.has_extras:  # the outputs' registers: smaller tiles where the table's spill (arch_configs.OUTPUT_TILES)
+        precision = _launch_shape(hidden, weight, compute_dtype)["precision"]
+        kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
+        cfg = launch_config.current().with_outputs(cfg, kind, precision, hidden.device)
     n, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device

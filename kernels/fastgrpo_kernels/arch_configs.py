@@ -106,9 +106,12 @@ _FROZEN_TF32_SMALL_SMEM = _tile(128, 64, 32, 8, 3)  # 72 KiB, within 99 KiB
 _GEMM_FP32 = _tile(64, 64, 16, 8, 3)
 _FROZEN_FP32 = _tile(64, 64, 16, 4, 3)
 # The combine of the forward's vocabulary splits: rows x hidden-dimension step, 4 warps (what the launcher used
-# before this table). fp32 operands: a 64-wide step (64x128 spills 24 B on sm_80 under triton 3.6, at 4 or 8 warps).
+# before this table). fp32 operands: a 64-wide step (64x128 spills 24 B on sm_80 under triton 3.6, at 4 or 8 warps);
+# on sm_80 over 32 rows (64 rows spill 8 B there under triton 3.6 with every optional output merged; 32 rows spill
+# 8 B on sm_90 / sm_100 instead, where 64 are clean).
 _COMBINE = dict(block_n=64, block_k=128, num_warps=4)
 _COMBINE_FP32 = dict(block_n=64, block_k=64, num_warps=4)
+_COMBINE_FP32_SM80 = dict(block_n=32, block_k=64, num_warps=4)
 # GRPO loss: whole rows per program, at most 512 tokens wide and 1024 elements per tile, 8 warps (4 elements per
 # thread per tile). At 4 warps the all-options kernel spills 8-16 B with 16-bit inputs on sm_80/86/89/100.
 _GRPO_LOSS = dict(max_block_t=512, max_tile=1024, num_warps=8)
@@ -134,6 +137,39 @@ def _family(
     }
 
 
+# A forward that asks for any optional output (log_sum_sq_probs, mean_logits, is_top1) keeps their running values
+# and tile reductions next to its tiles. Where a "fwd" or "fwd_softmax_w" entry then spills (compiled with every
+# output on: tools/compile_report.py, families fwd_outputs and fwd_softmax_w_outputs), these fields replace the
+# entry's for such launches (``output_tiles``): half the rows. Measured with every output on, triton 3.9 (regs /
+# stack bytes at the table's tile): forward 255/8 with 16-bit and TF32 operands on sm_80/86/89/100/120 (TF32 sm_100
+# 255/80, sm_120 255/16), TF32 on sm_90 255/8; frozen-head forward sm_90 bf16 255/96, sm_100 bf16 255/384, sm_100
+# TF32 (TMA) 255/24, exact fp32 sm_80/86/89 8, sm_90 32, sm_100 48, sm_120 40 bytes. Half the rows: no spills
+# (exact fp32 frozen on sm_80, and on sm_90 under triton 3.6: 32 rows spill 8 B at 3 stages, so 2; sm_100 TF32
+# forward: a 32-wide k step too).
+_HALF_16 = dict(block_n=64)
+_HALF_FP32 = dict(block_n=32)
+_FWD_HALF = {"bf16": _HALF_16, "fp16": _HALF_16, "tf32": _HALF_16}
+OUTPUT_TILES: dict[str, dict[str, dict[str, dict]]] = {
+    "sm80": {"fwd": _FWD_HALF, "fwd_softmax_w": {"fp32": dict(block_n=32, num_stages=2)}},
+    "sm86": {"fwd": _FWD_HALF, "fwd_softmax_w": {"fp32": _HALF_FP32}},
+    "sm90": {
+        "fwd": {"tf32": _HALF_16},
+        "fwd_softmax_w": {"bf16": _HALF_16, "fp16": _HALF_16, "fp32": dict(block_n=32, num_stages=2)},
+    },
+    "sm100": {
+        "fwd": {**_FWD_HALF, "tf32": dict(block_n=64, block_k=32)},  # 64x128x64 TMA: 16 B at 128 registers
+        "fwd_softmax_w": {"bf16": _HALF_16, "fp16": _HALF_16, "fp32": _HALF_FP32, "tf32": _HALF_16},
+    },
+    "sm120": {"fwd": _FWD_HALF, "fwd_softmax_w": {"fp32": _HALF_FP32}},
+}
+
+
+def output_tiles(arch: str | None, kernel: str, precision: str) -> dict:
+    """Fields replacing a ``kernel`` ("fwd" / "fwd_softmax_w") config's for a launch that asks for any optional
+    output (empty: none)."""
+    return dict(OUTPUT_TILES.get(arch or "", {}).get(kernel, {}).get(precision, {}))
+
+
 # Families no Triton kernel serves (every entry None): the torch path for the whole device, and why (logged once;
 # backend="triton" raises with it).
 TORCH_PATH: dict[str, str] = {
@@ -145,7 +181,10 @@ DEFAULTS: dict[str, dict[str, dict[str, dict | None]]] = {
     # GEMM kernel spills kilobytes per thread), and sm_75 has no bf16 tensor cores: the chunked torch path (cuBLAS)
     # serves every kernel there, said once in the log. The GRPO loss follows (one backend choice per device).
     "sm75": dict.fromkeys(KERNELS, _same(None)),
-    "sm80": _family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32),
+    "sm80": {
+        **_family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32),
+        "combine": {"bf16": _COMBINE, "fp16": _COMBINE, "fp32": _COMBINE_FP32_SM80, "tf32": _COMBINE_FP32_SM80},
+    },
     "sm86": _family(_FROZEN_16_SM80, _TF32_SMALL_SMEM, _FROZEN_TF32_SMALL_SMEM, _GEMM_FP32),
     "sm90": _family(_GEMM_16, _GEMM_16, _FROZEN_TF32),
     "sm100": _family(_FROZEN_16_SM100, _GEMM_16, _FROZEN_TF32),
