@@ -95,8 +95,11 @@ _INT_ARGS = {"N", "H", "V", "v_per_split", "c0", "width", "SPLITS", "ignore_inde
 # Integer pointers: targets (int64), the splits' first argmax columns (int32) and is_top1's bytes (uint8), as launched.
 _INT_PTRS = {"tgt_ptr": "*i64", "part_arg_ptr": "*i32", "is_top1_ptr": "*u8"}
 # trl's extra head outputs, where the kernels take them (forward, frozen-head forward, combine): compiled on, with
-# every other option, as the variant with the most registers.
+# every other option, as the variant with the most registers, for the AMD targets. Not yet for NVIDIA targets: with
+# them several NVIDIA entries spill (sm_90 bf16 frozen-head forward 96 B, sm_100 bf16 forward 104 B, ...); choosing
+# NVIDIA entries that fit is the extra outputs' gate work (h-outputs), which turns this on.
 _EXTRA_OUTPUTS = ("HAS_LOG_SUM_SQ", "HAS_MEAN_LOGITS", "HAS_IS_TOP1")
+EXTRA_OUTPUTS_ON_NVIDIA = False
 _FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
 # What Triton's JIT specializes at a real launch with contiguous Qwen-shaped inputs: unit inner strides become the
 # constant 1, and pointers and integers divisible by 16 carry that divisibility (which vectorized, pipelined async
@@ -315,14 +318,14 @@ def compile_grpo_loss(
     return triton.compile(src, target=target(arch), options={"num_warps": num_warps, **(amd_options or {})})
 
 
-def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
+def _lm_head_constexprs(family: str, precision: str, p: dict, extra_outputs: bool = True) -> dict:
     """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient, trl's
     extra outputs (log_sum_sq_probs, mean_logits, is_top1)."""
     dot = dict(DOT_DTYPE=_TL[precision])
     kernel_params = inspect.signature(_KERNELS[family].fn).parameters
     # softcap on: a HAS_SOFTCAP flag, or the first flag of a TRANSFORM tuple where the kernels take one
     common = dict(HAS_BIAS=True, **({"TRANSFORM": (True,)} if "TRANSFORM" in kernel_params else {"HAS_SOFTCAP": True}))
-    common.update({flag: True for flag in _EXTRA_OUTPUTS if flag in kernel_params})
+    common.update({flag: extra_outputs for flag in _EXTRA_OUTPUTS if flag in kernel_params})
     if family == "combine":
         return dict(common, HAS_ENTROPY=True, HAS_SOFTMAX_W=True, BLOCK_N=p["block_n"], BLOCK_K=p["block_k"], **dot)
     dot["DOT_PRECISION"] = {"fp32": "ieee", "tf32": "tf32"}.get(precision)
@@ -340,7 +343,7 @@ def compile_job(job: Job):
     amd = {k: v for k, v in p.items() if k in configs.AMD_OPTIONS}
     if job.family == "grpo_loss":
         return compile_grpo_loss(job.arch, job.precision, p["block_b"], p["block_t"], p["num_warps"], amd_options=amd)
-    const = _lm_head_constexprs(job.family, job.precision, p)
+    const = _lm_head_constexprs(job.family, job.precision, p, is_amd(job.arch) or EXTRA_OUTPUTS_ON_NVIDIA)
     # The combine launch passes no num_stages: Triton's default (3 on CUDA, 2 on HIP).
     stages = p.get("num_stages", 2 if is_amd(job.arch) else 3)
     return compile_kernel(_KERNELS[job.family], const, _PTR[job.precision], job.arch, p["num_warps"], stages, amd)
