@@ -43,6 +43,7 @@ def _job(arch="gfx942", precision="bf16", family="fwd", **fields):
         (_job(num_warps=8), dataclasses.replace(CLEAN, regs=312, agprs=92), "resident"),  # 312 regs: 1 wave per SIMD
         (_job(num_warps=4), dataclasses.replace(CLEAN, regs=312, agprs=92), None),  # 4 waves: 1 per SIMD is enough
         (_job(family="combine"), dataclasses.replace(CLEAN, mma="-"), None),  # no dot in the combine
+        (_job(family="fwd_softmax_w_outputs"), dataclasses.replace(CLEAN, mma="-"), "MFMA"),  # all-outputs variant
         (_job(), "CompilationError: out of resources", "compile error"),
     ],
 )
@@ -60,10 +61,10 @@ def test_ci_compiles_every_amd_target():
     assert {j.arch for j in jobs} == set(cr.arch_configs.AMD_FAMILIES) and all(j.load == "ptr" for j in jobs)
     # tf32 only on gfx942 (XF32 MFMA); elsewhere fp32 operands run the fp32 entry
     assert {(a, p) for a, p, _ in not_compiled} == {("gfx90a", "tf32"), ("gfx950", "tf32")}
+    assert {j.family for j in jobs} == set(cr.FAMILIES)  # the all-outputs variants too
     for job in jobs:  # the AMD tables' options are compile options of the job
-        amd = cr.configs.CONFIG_CLASSES[job.family].from_dict(
-            cr.arch_configs.default(job.arch, job.family, job.precision)
-        )
+        table = cr.TABLE_FAMILY.get(job.family, job.family)
+        amd = cr.configs.CONFIG_CLASSES[table].from_dict(cr.arch_configs.default(job.arch, table, job.precision))
         assert {k: v for k, v in job.fields.items() if k in cr.configs.AMD_OPTIONS} == amd.amd_options()
     assert cr.target("gfx942").backend == "hip" and cr.target("gfx942").warp_size == 64
     assert cr._arch_key("gfx942") == "gfx942" and cr._arch_key("sm_90") == cr._arch_key("90") == 90

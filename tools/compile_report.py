@@ -464,7 +464,7 @@ def amd_violations(job: Job, result: Result) -> list[str]:
     waves_per_simd_needed = -(-p["num_warps"] // AMD_SIMDS_PER_CU)
     if p["num_warps"] < MIN_WARPS or amd_waves_per_simd(result) < waves_per_simd_needed:
         out.append(f"no resident workgroup of >= {MIN_WARPS} waves")
-    if job.family in GEMM_FAMILIES and job.precision in AMD_MFMA_TYPE:
+    if is_gemm(job.family) and job.precision in AMD_MFMA_TYPE:
         want = AMD_MFMA_TYPE[job.precision]
         kinds = result.mma.split(",") if result.mma != "-" else []
         # the operand type ends the name ("f16" must not match "bf16"; gfx90a's bf16 MFMA end in "bf16_1k")

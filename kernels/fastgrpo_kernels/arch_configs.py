@@ -299,3 +299,7 @@ DEFAULTS.update(
         ),
     }
 )
+# Launches with trl's optional outputs (OUTPUT_TILES above): the AMD entries were chosen with every output on and
+# stay clean with them, except the gfx950 16-bit frozen-head forward once is_top1's argmax moved into the online
+# softmax (h-outputs' [outputs-gate]): 13 SGPRs spilled at 128x128x64; half the rows (64x128x64): 190 VGPRs, clean.
+OUTPUT_TILES["gfx950"] = {"fwd_softmax_w": {"bf16": _HALF_16, "fp16": _HALF_16}}

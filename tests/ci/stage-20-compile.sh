@@ -6,8 +6,9 @@
 # then the tests marked `stage` in the compile test files (autotuning candidates, GRPO loss flag combinations).
 # Measured 2026-12-01 on 2 cores: 202 s wall (225 s CPU, load average ~2.5 from other jobs) with the triton 3.6
 # venv already built (building it: ~20 s more); 458 s when the machine was shared more (load average ~8).
-# The AMD targets add 68 kernels (49 on triton 3.9, 19 on 3.6): 85 s of CPU, ~45 s wall on 2 idle cores (measured
-# 2026-12-03 with a fresh Triton cache; 351 s wall at load average ~16).
+# The AMD targets add 96 kernels (69 on triton 3.9, 27 on 3.6, with the *_outputs families): measured 2026-12-03 with
+# a fresh Triton cache before those families, 68 kernels took 85-100 s of CPU (1.2-1.5 s each; 351 s wall at load
+# average ~16): about 130 s of CPU, ~65 s wall on 2 idle cores, now (estimated, not re-measured).
 # Any spill, shared memory (LDS) over a target's limit, missing MMA / MFMA or compile error fails the stage.
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/../.."
