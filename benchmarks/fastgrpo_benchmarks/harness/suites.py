@@ -11,9 +11,13 @@ QWEN_VOCAB = 151936
 # Hidden sizes of Qwen2.5 0.5B / 1.5B / 7B.
 QWEN_HIDDEN = {"0.5B": 896, "1.5B": 1536, "7B": 3584}
 
-# Op-level modes: log-probs (+ entropy, for logging, as trl computes it) without grad; with a trainable head; with a
-# frozen head (LoRA); the whole GRPO loss (log-probs + k3 KL + clipped objective) forward + backward.
-MODES = ("fwd", "fwd_bwd", "fwd_bwd_frozen", "grpo")
+# Op-level modes: log-probs (+ entropy, for logging, as trl computes it) without grad; log-probs alone, and with all
+# five per-token outputs of trl's head (log-probs, entropy, log sum p^2, mean logit, is-top-1), without grad (fastgrpo
+# and trl only: OUTPUT_MODES); with a trainable head; with a frozen head (LoRA); the whole GRPO loss (log-probs + k3
+# KL + clipped objective) forward + backward.
+MODES = ("fwd", "fwd_logp", "fwd_all", "fwd_bwd", "fwd_bwd_frozen", "grpo")
+FORWARD_MODES = ("fwd", "fwd_logp", "fwd_all")  # no gradient
+OUTPUT_MODES = ("fwd_logp", "fwd_all")  # the cost of trl's optional outputs
 # Implementations, in table order. "trl_chunked" is the baseline every ratio is taken against.
 IMPLS = ("fastgrpo", "trl_chunked", "eager", "liger_fused", "liger_triton", "cce")
 BASELINE = "trl_chunked"
@@ -63,6 +67,8 @@ class Suite:
     accuracy_shape: OpShape
     modes: tuple[str, ...] = MODES
     trainer_shapes: tuple[TrainerShape, ...] = ()
+    # Trainer steps per trainer shape (harness/trainer_setup.py: "grpo", "sft", "dpo").
+    trainer_kinds: tuple[str, ...] = ("grpo", "sft", "dpo")
     # Largest completion length that fits this many GiB (GPU only; 0 = skip that search).
     memory_budget_gib: float = 0.0
     warmup_rounds: int = 1
@@ -162,7 +168,8 @@ SUITES: dict[str, Suite] = {
     ),
     # The GPU lease's op and trainer stages (benchmarks/fastgrpo_benchmarks/gpu/lease.py): the "gpu" grid with fewer
     # rounds, the smaller
-    # N first (cases past the stage's budget are recorded as skipped), stock trl vs fastgrpo in the trainer step.
+    # N first (cases past the stage's budget are recorded as skipped), stock trl vs fastgrpo in the GRPO and SFT
+    # trainer steps.
     "lease": Suite(
         name="lease",
         device="cuda",
@@ -170,6 +177,7 @@ SUITES: dict[str, Suite] = {
         shapes=tuple(sorted(_gpu_shapes((4096, 16384)), key=lambda s: s.tokens)),
         accuracy_shape=OpShape("acc-n256-h512-v151936", 256, 512, seq_len=64),
         trainer_shapes=_qwen_trainer_shapes(1024),
+        trainer_kinds=("grpo", "sft"),  # the lease's 8 minutes: GRPO and SFT steps, no DPO
         memory_budget_gib=24.0,
         warmup_rounds=1,
         min_rounds=3,
@@ -189,6 +197,7 @@ SUITES: dict[str, Suite] = {
             TrainerShape("dry-qwen2-a", 32, 64, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
             TrainerShape("dry-qwen2-b", 48, 96, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
         ),
+        trainer_kinds=("grpo", "sft"),
         warmup_rounds=0,
         min_rounds=1,
         max_rounds=1,
