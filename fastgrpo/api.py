@@ -18,10 +18,17 @@ BACKENDS = ("auto", "triton", "torch")
 
 
 class LogProbs(NamedTuple):
-    """fp32 log-prob of each target and (when asked) the entropy of each row; both 0 at ``ignore_index``."""
+    """Per-token outputs of :func:`linear_logprobs`, each of the targets' shape and None unless asked for.
+
+    ``logp`` (always), ``entropy``, ``log_sum_sq_probs`` and ``mean_logits`` are fp32, 0 at ``ignore_index``;
+    ``is_top1`` is bool, False there. Only ``logp`` and ``entropy`` are differentiable.
+    """
 
     logp: torch.Tensor
     entropy: torch.Tensor | None
+    log_sum_sq_probs: torch.Tensor | None = None
+    mean_logits: torch.Tensor | None = None
+    is_top1: torch.Tensor | None = None
 
 
 def triton_interpreter_enabled() -> bool:
@@ -87,6 +94,9 @@ def linear_logprobs(
     softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
+    return_log_sum_sq_probs: bool = False,
+    return_mean_logits: bool = False,
+    return_is_top1: bool = False,
     backend: Backend = "auto",
     options: LogProbOptions | None = None,
 ) -> LogProbs:
@@ -98,13 +108,19 @@ def linear_logprobs(
         z = softcap * tanh(logit_scale * y / softcap) / temperature   # no tanh when softcap is None
         logp = z.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
         entropy = -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
-        # both fp32, and 0 where targets == ignore_index
+        log_sum_sq_probs = (2 * z.log_softmax(-1)).logsumexp(-1)       # log sum_v p_v^2 (DPO's WPO weights)
+        mean_logits = z.mean(-1)                                          # of the transformed logits z
+        is_top1 = z.argmax(-1) == targets                                 # first maximum: ties go to the lowest index
+        # fp32 (is_top1 bool), and 0 (False) where targets == ignore_index
 
     Args:
         hidden: ``[..., H]`` float32 / bfloat16 / float16.
         weight: ``[V, H]`` lm_head weight.
         targets: integer tensor of shape ``hidden.shape[:-1]``, values in ``[0, V)`` or ``ignore_index``.
         bias: ``[V]`` or None.
+        return_entropy, return_log_sum_sq_probs, return_mean_logits, return_is_top1: also return that output
+            (computed in the same pass over the vocabulary; None in the result otherwise). The last three are
+            non-differentiable, as in trl.
         backend: "triton" (GPU, or CPU under TRITON_INTERPRET=1), "torch" (chunked pure torch), or "auto".
         options: a :class:`LogProbOptions` holding every option at once, instead of the option keywords (which
             must then keep their defaults); the object travels unchanged to both backends.
@@ -118,6 +134,9 @@ def linear_logprobs(
         softcap=softcap,
         ignore_index=ignore_index,
         return_entropy=return_entropy,
+        return_log_sum_sq_probs=return_log_sum_sq_probs,
+        return_mean_logits=return_mean_logits,
+        return_is_top1=return_is_top1,
     )
     opts = keywords if options is None else _options_alone(options, keywords)
     # Data-dependent range check needs a host sync; under torch.compile it would break the graph.
@@ -135,10 +154,17 @@ def linear_logprobs(
         from . import launch_config  # a tuned table may route this shape to the recompute backward
 
         accumulate_softmax_w = launch_config.current().frozen_head_identity(flat_hidden, compute_dtype)
-    logp, entropy = LinearLogProbsFunction.apply(
+    logp, entropy, log_sum_sq, mean_logits, is_top1 = LinearLogProbsFunction.apply(
         flat_hidden, weight, bias, flat_targets, opts, compute_dtype, impl, accumulate_softmax_w
     )
-    return LogProbs(logp.view(lead), entropy.view(lead) if opts.return_entropy else None)
+    asked = lambda t, flag: t.view(lead) if flag else None  # noqa: E731
+    return LogProbs(
+        logp.view(lead),
+        asked(entropy, opts.return_entropy),
+        asked(log_sum_sq, opts.return_log_sum_sq_probs),
+        asked(mean_logits, opts.return_mean_logits),
+        asked(is_top1, opts.return_is_top1),
+    )
 
 
 def _options_alone(options: LogProbOptions, keywords: LogProbOptions) -> LogProbOptions:

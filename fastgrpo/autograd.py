@@ -9,7 +9,8 @@ from .options import LogProbOptions
 
 
 class LinearLogProbsFunction(torch.autograd.Function):
-    """(hidden [N, H], weight [V, H], bias [V] | None, targets [N]) -> (logp [N], entropy [N] or empty)."""
+    """(hidden [N, H], weight [V, H], bias [V] | None, targets [N]) -> (logp [N], entropy [N], log_sum_sq_probs [N],
+    mean_logits [N], is_top1 [N] bool), each but logp empty unless asked. The last three are non-differentiable."""
 
     @staticmethod
     def forward(
@@ -25,16 +26,16 @@ class LinearLogProbsFunction(torch.autograd.Function):
     ):
         # Entropy is often returned for logging only: keep its incoming gradient None rather than zeros.
         ctx.set_materialize_grads(False)
-        logp, entropy, lse, softmax_w, target_scale = logprobs_forward(
+        logp, entropy, lse, softmax_w, target_scale, log_sum_sq, mean_logits, is_top1 = logprobs_forward(
             hidden, weight, bias, targets, opts, accumulate_softmax_w, compute_dtype, backend
         )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale)
         ctx.opts, ctx.compute_dtype, ctx.backend = opts, compute_dtype, backend
-        ctx.mark_non_differentiable(targets)
-        return logp, entropy
+        ctx.mark_non_differentiable(targets, log_sum_sq, mean_logits, is_top1)
+        return logp, entropy, log_sum_sq, mean_logits, is_top1
 
     @staticmethod
-    def backward(ctx, grad_logp, grad_entropy):
+    def backward(ctx, grad_logp, grad_entropy, *_non_differentiable):
         hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if not (need_x or need_w or need_b) or (grad_logp is None and grad_entropy is None):

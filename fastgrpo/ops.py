@@ -55,7 +55,7 @@ def _impl(backend: str):
 _FWD_TENSORS = 4
 _FWD_SCHEMA = (
     f"(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, {OPTIONS_SCHEMA}, bool accumulate_softmax_w, "
-    "ScalarType compute_dtype, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "ScalarType compute_dtype, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -84,6 +84,9 @@ def _(*args):
         f(n),
         f(n, h) if accumulate_softmax_w else f(0),
         f(n if accumulate_softmax_w else 0),
+        f(n if opts.return_log_sum_sq_probs else 0),
+        f(n if opts.return_mean_logits else 0),
+        hidden.new_empty(n if opts.return_is_top1 else 0, dtype=torch.bool),
     )
 
 
@@ -96,8 +99,9 @@ def logprobs_forward(
     accumulate_softmax_w: bool,
     compute_dtype: torch.dtype,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(logp, entropy, lse, softmax_w, target_scale)`` through the forward custom op."""
+) -> tuple[torch.Tensor, ...]:
+    """``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)`` through the forward
+    custom op (see ``torch_backend.forward``)."""
     return linear_logprobs_fwd(
         hidden, weight, bias, targets, *_flatten(opts), accumulate_softmax_w, compute_dtype, backend
     )

@@ -7,6 +7,11 @@ is O(tile) instead of O(N * V). Forward per row: online logsumexp over vocabular
 ``softmax(z) * dz/dy @ W``: with ``a = dz/dy``, ``d logp_t / dx = a_t W_t - sum_v p_v a_v W_v``, and that sum is the
 only vocabulary-wide term, so the online softmax can carry it (rescaled with ``s``) and the backward for ``hidden``
 needs no recompute of the logits.
+
+The optional outputs ride along in the same tiles: ``q = sum exp(2 (z - m))`` (rescaled by ``alpha ** 2``) gives
+``log_sum_sq_probs = log q - 2 log s``; ``sum z`` gives ``mean_logits``; the running ``(max, index of its first
+occurrence)`` gives ``is_top1 = (argmax == target)``, trl's tie rule (the target is a maximum and no earlier column
+equals it) read off the same logit values that the max was taken over.
 """
 
 from __future__ import annotations
@@ -65,8 +70,10 @@ def forward(
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     accumulate_softmax_w: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(logp, entropy, lse, softmax_w, target_scale)``; the last two are empty unless accumulated."""
+) -> tuple[torch.Tensor, ...]:
+    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)``: entropy and
+    the last three empty unless asked in ``opts``, softmax_w and target_scale empty unless accumulated; is_top1 bool,
+    the others in the accumulation dtype."""
     n_tok, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
@@ -76,6 +83,9 @@ def forward(
     lse = torch.empty(n_tok, **f32)
     softmax_w = torch.empty((n_tok, h) if accumulate_softmax_w else (0,), **f32)
     target_scale = torch.empty(n_tok if accumulate_softmax_w else 0, **f32)
+    log_sum_sq = torch.empty(n_tok if opts.return_log_sum_sq_probs else 0, **f32)
+    mean_logits = torch.empty(n_tok if opts.return_mean_logits else 0, **f32)
+    is_top1 = torch.empty(n_tok if opts.return_is_top1 else 0, device=dev, dtype=torch.bool)
     token_chunk, vocab_chunk = _chunks(n_tok, vocab, h)
     valid_all = targets != opts.ignore_index
 
@@ -89,11 +99,19 @@ def forward(
         z_tgt = torch.zeros(r1 - r0, **f32)
         a_tgt = torch.zeros(r1 - r0, **f32)
         acc = torch.zeros((r1 - r0, h), **f32) if accumulate_softmax_w else None
+        q = torch.zeros(r1 - r0, **f32) if opts.return_log_sum_sq_probs else None
+        sum_z = torch.zeros(r1 - r0, **f32) if opts.return_mean_logits else None
+        arg = torch.zeros(r1 - r0, device=dev, dtype=torch.long) if opts.return_is_top1 else None
         for c0 in range(0, vocab, vocab_chunk):
             c1 = min(c0 + vocab_chunk, vocab)
             w = _operand(weight[c0:c1], compute_dtype)
             z, dz_dy = _logits_tile(x, w, None if bias is None else bias[c0:c1], opts)
-            m_new = torch.maximum(m, z.amax(-1))
+            tile_max = z.amax(-1)
+            if arg is not None:  # strictly greater: an equal maximum in a later tile keeps the earlier index
+                arg = torch.where(tile_max > m, z.argmax(-1) + c0, arg)  # argmax: the first maximum in the tile
+            if sum_z is not None:
+                sum_z += z.sum(-1)
+            m_new = torch.maximum(m, tile_max)
             alpha = torch.exp(m - m_new)  # 0 on the first tile (m = -inf)
             # Rebase t from the old max to the new one: sum e'(z - m_new) = alpha * (t + (m - m_new) * s)
             shift = torch.where(s > 0, m - m_new, torch.zeros_like(s)) * s
@@ -101,6 +119,8 @@ def forward(
             e = torch.exp(z)
             t = alpha * (t + shift) + (e * z).sum(-1)
             s = alpha * s + e.sum(-1)
+            if q is not None:
+                q = alpha * alpha * q + (e * e).sum(-1)
             m = m_new
             local = tgt - c0
             here = (local >= 0) & (local < c1 - c0)
@@ -120,10 +140,17 @@ def forward(
         logp[r0:r1] = torch.where(valid, z_tgt - row_lse, torch.zeros_like(row_lse))
         if opts.return_entropy:
             entropy[r0:r1] = torch.where(valid, torch.log(s) - t / s, torch.zeros_like(row_lse))
+        zero = torch.zeros_like(row_lse)
+        if q is not None:
+            log_sum_sq[r0:r1] = torch.where(valid, torch.log(q) - 2.0 * torch.log(s), zero)
+        if sum_z is not None:
+            mean_logits[r0:r1] = torch.where(valid, sum_z / vocab, zero)
+        if arg is not None:
+            is_top1[r0:r1] = valid & (arg == tgt)
         if acc is not None:
             softmax_w[r0:r1] = acc.div_(s[:, None])
             target_scale[r0:r1] = a_tgt
-    return logp, entropy, lse, softmax_w, target_scale
+    return logp, entropy, lse, softmax_w, target_scale, log_sum_sq, mean_logits, is_top1
 
 
 def check_weight_in_backward(hidden: torch.Tensor, weight: torch.Tensor) -> None:

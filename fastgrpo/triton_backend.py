@@ -74,8 +74,9 @@ def forward(
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     accumulate_softmax_w: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(logp, entropy, lse, softmax_w, target_scale)``, all fp32; the last two empty unless accumulated."""
+) -> tuple[torch.Tensor, ...]:
+    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)``, as
+    ``torch_backend.forward`` does: fp32 (is_top1 bool), empty unless asked / accumulated."""
     _check_dtype(compute_dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
@@ -115,8 +116,15 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     entropy = _empty(n if opts.return_entropy else 0, dev, f32, cfg.poison)
     lse = _empty(n, dev, f32, cfg.poison)
     target_scale = _empty(n if accumulate_softmax_w else 0, dev, f32, cfg.poison)
+    log_sum_sq = _empty(n if opts.return_log_sum_sq_probs else 0, dev, f32, cfg.poison)
+    mean_logits = _empty(n if opts.return_mean_logits else 0, dev, f32, cfg.poison)
+    # is_top1: the kernel writes 0 / 1 bytes, returned as a bool view; poisoned with 255, which no write leaves
+    is_top1 = torch.empty(n if opts.return_is_top1 else 0, device=dev, dtype=torch.uint8)
+    if cfg.poison:
+        is_top1.fill_(255)
+    extras = (log_sum_sq, mean_logits, is_top1.view(torch.bool))
     if n == 0:
-        return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale
+        return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale, *extras
 
     resolver = launch_config.current()
     shape = _launch_shape(hidden, weight, compute_dtype)
@@ -125,7 +133,12 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     splits = configs.num_splits(cfg, n, h, vocab, resolver.num_sms(dev), accumulate_softmax_w)
     v_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)  # every split non-empty
-    part = _empty((3, splits, n), dev, f32, cfg.poison)  # m, s, t
+    part = _empty((3 + opts.return_log_sum_sq_probs + opts.return_mean_logits, splits, n), dev, f32, cfg.poison)
+    part_q = part[3] if opts.return_log_sum_sq_probs else part[0]  # m, s, t, then q and sum z when asked
+    part_sz = part[-1] if opts.return_mean_logits else part[0]
+    part_arg = torch.empty((splits, n) if opts.return_is_top1 else 1, device=dev, dtype=torch.int32)
+    if cfg.poison:
+        part_arg.fill_(-(2**31))
     part_acc = _empty((splits, n, h) if accumulate_softmax_w else 1, dev, f32, cfg.poison)
     if not accumulate_softmax_w:
         softmax_w = torch.empty(0, device=dev, dtype=f32)
@@ -141,6 +154,8 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         stride_xn=hidden.stride(0), stride_xh=hidden.stride(1), stride_wv=weight.stride(0), stride_wh=weight.stride(1),
         **transform_args(opts), HAS_BIAS=bias is not None, HAS_SOFTMAX_W=accumulate_softmax_w,
         HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
+        part_q_ptr=part_q, part_sz_ptr=part_sz, part_arg_ptr=part_arg, HAS_LOG_SUM_SQ=opts.return_log_sum_sq_probs,
+        HAS_MEAN_LOGITS=opts.return_mean_logits, HAS_IS_TOP1=opts.return_is_top1,
     )  # fmt: skip
     x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
@@ -155,10 +170,13 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         logp_ptr=logp, entropy_ptr=entropy if opts.return_entropy else logp, lse_ptr=lse,
         softmax_w_ptr=softmax_w if accumulate_softmax_w else logp,
         target_scale_ptr=target_scale if accumulate_softmax_w else logp,
+        log_sum_sq_ptr=log_sum_sq if opts.return_log_sum_sq_probs else logp,
+        mean_logits_ptr=mean_logits if opts.return_mean_logits else logp,
+        is_top1_ptr=is_top1 if opts.return_is_top1 else logp,
         SPLITS=splits, ignore_index=opts.ignore_index, **common,
         BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
     )  # fmt: skip
-    return logp, entropy, lse, softmax_w, target_scale
+    return logp, entropy, lse, softmax_w, target_scale, *extras
 
 
 def backward(

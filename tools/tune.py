@@ -61,12 +61,12 @@ def _runner(kind: str, x, w, t, g):
         softmax_w = kind == "fwd_softmax_w"
 
         def run(cfg):
-            logp, ent, _, sw, _ = triton_backend._forward(cfg, x, w, None, t, opts, bf16, softmax_w)
+            logp, ent, _, sw, *_ = triton_backend._forward(cfg, x, w, None, t, opts, bf16, softmax_w)
             return (logp, ent, sw) if softmax_w else (logp, ent)
 
         return run
     fwd_cfg = launch_config.current().resolve("fwd", "bf16", device=x.device, n=x.shape[0], h=x.shape[1])
-    _, ent, lse, _, _ = triton_backend._forward(fwd_cfg, x, w, None, t, opts, bf16, False)
+    _, ent, lse, *_ = triton_backend._forward(fwd_cfg, x, w, None, t, opts, bf16, False)
 
     def run(cfg):  # trainable head: dX and dW
         gx, gw, _ = triton_backend._backward(

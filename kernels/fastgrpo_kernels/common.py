@@ -55,14 +55,16 @@ def logit_transform(y, transform, TRANSFORM: tl.constexpr):
 
 
 @triton.jit
-def online_softmax_update(m, s, t, z, HAS_T: tl.constexpr):
+def online_softmax_update(m, s, t, q, z, HAS_T: tl.constexpr, HAS_Q: tl.constexpr):
     """Fold one logit tile ``z`` [BLOCK_N, BLOCK_V] (masked entries -inf) into per-row running statistics.
 
-    ``m`` running max, ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m) * log2(e)`` (all [BLOCK_N], fp32),
-    from which ``lse = m + log(s)`` and ``entropy = log(s) - t * ln2 / s``. Keeping ``t`` relative to ``m`` avoids
-    the cancellation of ``lse - sum(p * z)`` at large logits; ``t`` is in units of the exponent the exp2 already
-    computed (no extra multiply per element), and not accumulated at all without ``HAS_T`` (no entropy asked).
-    Returns ``(m_new, s_new, t_new, e, alpha)`` with ``e = exp(z - m_new)`` (0 at masked entries) and
+    ``m`` running max, ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m) * log2(e)``,
+    ``q = sum exp(2 (z - m))`` (all [BLOCK_N], fp32), from which ``lse = m + log(s)``,
+    ``entropy = log(s) - t * ln2 / s`` and ``log(sum p^2) = log(q) - 2 log(s)``. Keeping ``t`` relative to ``m``
+    avoids the cancellation of ``lse - sum(p * z)`` at large logits; ``t`` is in units of the exponent the exp2
+    already computed (no extra multiply per element). ``t`` is accumulated only with ``HAS_T`` (entropy asked), ``q``
+    only with ``HAS_Q`` (log_sum_sq_probs asked); otherwise they pass through unchanged.
+    Returns ``(m_new, s_new, t_new, q_new, e, alpha)`` with ``e = exp(z - m_new)`` (0 at masked entries) and
     ``alpha = exp(m - m_new)``, the factor any accumulator weighted by ``e`` is rescaled by.
     """
     m_new = tl.maximum(m, tl.max(z, axis=1))  # [BLOCK_N]
@@ -77,12 +79,30 @@ def online_softmax_update(m, s, t, z, HAS_T: tl.constexpr):
         # Where x < -1000, e = 2^x is exactly 0 in fp32, so clamping x there changes no product, and it turns the
         # masked entries' 0 * -inf into 0 with one max instead of a compare and a select.
         t_new = alpha * (t + shift) + tl.sum(e * tl.maximum(x, -1000.0), axis=1)
-    return m_new, s_new, t_new, e, alpha
+    q_new = q
+    if HAS_Q:
+        q_new = (alpha * alpha) * q + tl.sum(e * e, axis=1)  # exp(2(z - m)) = e^2: one FMUL per element
+    return m_new, s_new, t_new, q_new, e, alpha
+
+
+@triton.jit
+def running_argmax(arg, m, m_new, z, cols):
+    """The column of each row's first maximum so far, ``arg`` [BLOCK_N] int32, after folding tile ``z``
+    [BLOCK_N, BLOCK_V] with columns ``cols`` [BLOCK_V] (ascending; masked entries -inf): ``m`` / ``m_new`` are the
+    running max before / after this tile (``online_softmax_update``). The tile's first column equal to ``m_new``
+    replaces ``arg`` only when the tile raised the max, so an equal maximum in a later tile (or a later split, see
+    ``combine_partials``) keeps the earlier index: trl's ``is_top1`` rule, ties to the lowest index. Comparing the
+    same fp32 values that the max was taken over makes the rule exact whatever the rounding of the logits.
+    """
+    first = tl.min(tl.where(z == m_new[:, None], cols[None, :], 2147483647), axis=1)  # [BLOCK_N]
+    return tl.where(m_new > m, first, arg)
 
 
 @triton.jit
 def combine_partials(m_i, s_i, t_i, m_all):
-    """Weight of one vocabulary split's statistics after the global max ``m_all``: returns (scale, s, t) terms."""
+    """Weight of one vocabulary split's statistics after the global max ``m_all``: returns (scale, s, t) terms. The
+    split's ``q`` (``online_softmax_update``) scales by ``scale * scale``; its sum of logits and first-argmax column
+    need no rescaling (the argmax of the first split whose max equals ``m_all`` wins)."""
     d = (m_i - m_all) * LOG2E
     scale = tl.exp2(d)
     return scale, s_i * scale, scale * (t_i + d * s_i)

@@ -5,11 +5,24 @@ Math (per row, ``z`` the transformed logits, see ``fastgrpo.linear_logprobs``)::
     lse = logsumexp(z);  logp = z[target] - lse;  entropy = lse - sum(softmax(z) * z)
     z[target] = transform(x . W[target] + b[target])   # an indexed dot, in the combine kernel
     softmax_w = (softmax(z) * dz/dy) @ W          # frozen-head identity, only with HAS_SOFTMAX_W
+    log_sum_sq_probs = logsumexp(2 * z) - 2 * lse # only with HAS_LOG_SUM_SQ
+    mean_logits = z.sum() / V                     # only with HAS_MEAN_LOGITS
+    is_top1 = z.argmax() == target                # first maximum, from the tiles' own values; only with HAS_IS_TOP1
 
 ``linear_logprobs_fwd_kernel`` runs one program per (row block, vocabulary split), in grouped order (GROUP_N row
 blocks x all splits run together: their X blocks and the splits' current weight tiles stay in L2). The splits give
 enough programs when N is small and L2 reuse when N is large. Each program writes its split's partial statistics;
 ``combine_splits_kernel`` merges them in a fixed order (deterministic, no atomics).
+
+The partial statistics of a vocabulary slice, per row (one [SPLITS, N] buffer each; what a tensor-parallel rank
+would exchange for its slice, with its column offset added to ``arg``):
+
+    m    max z over the slice;                 s  = sum exp(z - m);   t = sum exp(z - m) * (z - m) * log2(e)
+    q    sum exp(2 (z - m))   (HAS_LOG_SUM_SQ)  sz = sum z            (HAS_MEAN_LOGITS)
+    arg  first column of the slice's max (int32, HAS_IS_TOP1)
+
+and their exact merge, in slice order: ``m_all = max m_i``, ``s = sum s_i c_i``, ``q = sum q_i c_i^2`` with
+``c_i = exp(m_i - m_all)``, ``sz = sum sz_i``, ``arg`` = the ``arg_i`` of the first slice with ``m_i == m_all``.
 """
 
 from __future__ import annotations
@@ -17,7 +30,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LN2, LOG2E, combine_partials, grouped_tile, logit_transform, online_softmax_update
+from .common import (
+    LN2,
+    LOG2E,
+    combine_partials,
+    grouped_tile,
+    logit_transform,
+    online_softmax_update,
+    running_argmax,
+)
 
 
 @triton.jit
@@ -110,6 +131,9 @@ def linear_logprobs_fwd_kernel(
     part_s_ptr,  # [SPLITS, N] fp32 sum exp(z - m)
     part_t_ptr,  # [SPLITS, N] fp32 sum exp(z - m) * (z - m) * log2(e), 0 without HAS_ENTROPY
     part_acc_ptr,  # [SPLITS, N, H] fp32, only with HAS_SOFTMAX_W
+    part_q_ptr,  # [SPLITS, N] fp32 sum exp(2 (z - m)), only with HAS_LOG_SUM_SQ
+    part_sz_ptr,  # [SPLITS, N] fp32 sum z, only with HAS_MEAN_LOGITS
+    part_arg_ptr,  # [SPLITS, N] int32 first column of the split's max, only with HAS_IS_TOP1
     N,
     H,
     V,
@@ -123,6 +147,9 @@ def linear_logprobs_fwd_kernel(
     TRANSFORM: tl.constexpr,  # tuple: the logit transform's compile-time flags
     HAS_SOFTMAX_W: tl.constexpr,
     HAS_ENTROPY: tl.constexpr,
+    HAS_LOG_SUM_SQ: tl.constexpr,
+    HAS_MEAN_LOGITS: tl.constexpr,
+    HAS_IS_TOP1: tl.constexpr,
     USE_TMA: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -147,6 +174,9 @@ def linear_logprobs_fwd_kernel(
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    q = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    arg = tl.zeros((BLOCK_N,), dtype=tl.int32)
     # The target logit is not picked out of the tiles here (a [BLOCK_N, BLOCK_V] compare per tile costs registers
     # in the hot loop): the combine kernel computes it as one indexed dot per row.
     for v0 in range(v_start, v_end, BLOCK_V):
@@ -180,8 +210,13 @@ def linear_logprobs_fwd_kernel(
         )  # [BLOCK_N, BLOCK_V]
         z, dz_dy = logit_transform(y, transform, TRANSFORM)
         # Padded vocabulary columns, and with TMA the next split's columns, must not enter the logsumexp.
+        if HAS_MEAN_LOGITS:
+            sz += tl.sum(tl.where(col_mask[None, :], z, 0.0), axis=1)
         z = tl.where(col_mask[None, :], z, float("-inf"))
-        m, s, t, e, alpha = online_softmax_update(m, s, t, z, HAS_ENTROPY)
+        m_old = m
+        m, s, t, q, e, alpha = online_softmax_update(m, s, t, q, z, HAS_ENTROPY, HAS_LOG_SUM_SQ)
+        if HAS_IS_TOP1:
+            arg = running_argmax(arg, m_old, m, z, cols)
         if HAS_SOFTMAX_W:
             # acc = acc * alpha + (e * dz/dy) @ W[cols]: the rescaled running sum, kept in the split's fp32 slice.
             pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V], 0 at masked columns
@@ -206,6 +241,64 @@ def linear_logprobs_fwd_kernel(
     tl.store(part_m_ptr + out, m, mask=row_mask)
     tl.store(part_s_ptr + out, s, mask=row_mask)
     tl.store(part_t_ptr + out, t, mask=row_mask)
+    if HAS_LOG_SUM_SQ:
+        tl.store(part_q_ptr + out, q, mask=row_mask)
+    if HAS_MEAN_LOGITS:
+        tl.store(part_sz_ptr + out, sz, mask=row_mask)
+    if HAS_IS_TOP1:
+        tl.store(part_arg_ptr + out, arg, mask=row_mask)
+
+
+@triton.jit
+def merge_split_statistics(
+    part_m_ptr,
+    part_s_ptr,
+    part_t_ptr,
+    part_q_ptr,
+    part_sz_ptr,
+    part_arg_ptr,
+    rows64,  # [BLOCK_N] int64 rows
+    row_mask,  # [BLOCK_N]
+    N,
+    SPLITS,
+    HAS_LOG_SUM_SQ: tl.constexpr,
+    HAS_MEAN_LOGITS: tl.constexpr,
+    HAS_IS_TOP1: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The exact merge of SPLITS vocabulary slices' partial statistics ([SPLITS, N] buffers, slices in vocabulary
+    order; see the module docstring), in a fixed order (bit-identical run to run). Returns
+    ``(m_all, s, t, q, sz, arg)`` per row [BLOCK_N]; q / sz / arg are zeros unless their flag is set."""
+    m_all = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    for i in range(0, SPLITS):
+        m_all = tl.maximum(m_all, tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0))
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    q = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    arg = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    found = tl.zeros((BLOCK_N,), dtype=tl.int1)
+    for i in range(0, SPLITS):
+        idx = i * N + rows64
+        m_i = tl.load(part_m_ptr + idx, mask=row_mask, other=0.0)
+        scale, s_i, t_i = combine_partials(
+            m_i,
+            tl.load(part_s_ptr + idx, mask=row_mask, other=1.0),
+            tl.load(part_t_ptr + idx, mask=row_mask, other=0.0),
+            m_all,
+        )
+        s += s_i
+        t += t_i
+        if HAS_LOG_SUM_SQ:
+            q += tl.load(part_q_ptr + idx, mask=row_mask, other=1.0) * (scale * scale)
+        if HAS_MEAN_LOGITS:
+            sz += tl.load(part_sz_ptr + idx, mask=row_mask, other=0.0)
+        if HAS_IS_TOP1:
+            # the first slice holding the global max: an equal max in a later slice has a higher column
+            here = (m_i == m_all) & ~found
+            arg = tl.where(here, tl.load(part_arg_ptr + idx, mask=row_mask, other=0), arg)
+            found = found | here
+    return m_all, s, t, q, sz, arg
 
 
 @triton.jit
@@ -214,6 +307,9 @@ def combine_splits_kernel(
     part_s_ptr,
     part_t_ptr,
     part_acc_ptr,  # [SPLITS, N, H] fp32, only with HAS_SOFTMAX_W
+    part_q_ptr,  # [SPLITS, N] fp32, only with HAS_LOG_SUM_SQ
+    part_sz_ptr,  # [SPLITS, N] fp32, only with HAS_MEAN_LOGITS
+    part_arg_ptr,  # [SPLITS, N] int32, only with HAS_IS_TOP1
     x_ptr,  # [N, H]
     w_ptr,  # [V, H]
     b_ptr,  # [V]
@@ -223,6 +319,9 @@ def combine_splits_kernel(
     lse_ptr,
     softmax_w_ptr,  # [N, H] fp32, only with HAS_SOFTMAX_W (may alias part_acc_ptr when SPLITS == 1)
     target_scale_ptr,  # [N] fp32 dz/dy at the target, only with HAS_SOFTMAX_W
+    log_sum_sq_ptr,  # [N] fp32, only with HAS_LOG_SUM_SQ
+    mean_logits_ptr,  # [N] fp32, only with HAS_MEAN_LOGITS
+    is_top1_ptr,  # [N] int8 (a torch.bool tensor's bytes), only with HAS_IS_TOP1
     N,
     H,
     V,
@@ -237,6 +336,9 @@ def combine_splits_kernel(
     TRANSFORM: tl.constexpr,  # tuple: the logit transform's compile-time flags
     HAS_ENTROPY: tl.constexpr,
     HAS_SOFTMAX_W: tl.constexpr,
+    HAS_LOG_SUM_SQ: tl.constexpr,
+    HAS_MEAN_LOGITS: tl.constexpr,
+    HAS_IS_TOP1: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -245,21 +347,10 @@ def combine_splits_kernel(
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_mask = rows < N
     rows64 = rows.to(tl.int64)
-    m_all = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    for i in range(0, SPLITS):
-        m_all = tl.maximum(m_all, tl.load(part_m_ptr + i * N + rows64, mask=row_mask, other=0.0))
-    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    t = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for i in range(0, SPLITS):  # fixed order: bit-identical run to run
-        idx = i * N + rows64
-        _, s_i, t_i = combine_partials(
-            tl.load(part_m_ptr + idx, mask=row_mask, other=0.0),
-            tl.load(part_s_ptr + idx, mask=row_mask, other=1.0),
-            tl.load(part_t_ptr + idx, mask=row_mask, other=0.0),
-            m_all,
-        )
-        s += s_i
-        t += t_i
+    m_all, s, t, q, sz, arg = merge_split_statistics(
+        part_m_ptr, part_s_ptr, part_t_ptr, part_q_ptr, part_sz_ptr, part_arg_ptr, rows64, row_mask, N, SPLITS,
+        HAS_LOG_SUM_SQ, HAS_MEAN_LOGITS, HAS_IS_TOP1, BLOCK_N,
+    )  # fmt: skip
     log_s = tl.log(s)
     lse = m_all + log_s
 
@@ -283,6 +374,12 @@ def combine_splits_kernel(
     tl.store(logp_ptr + rows64, tl.where(valid, z_t - lse, 0.0), mask=row_mask)
     if HAS_ENTROPY:
         tl.store(entropy_ptr + rows64, tl.where(valid, log_s - t * LN2 / s, 0.0), mask=row_mask)
+    if HAS_LOG_SUM_SQ:
+        tl.store(log_sum_sq_ptr + rows64, tl.where(valid, tl.log(q) - 2.0 * log_s, 0.0), mask=row_mask)
+    if HAS_MEAN_LOGITS:
+        tl.store(mean_logits_ptr + rows64, tl.where(valid, sz / V, 0.0), mask=row_mask)
+    if HAS_IS_TOP1:
+        tl.store(is_top1_ptr + rows64, (valid & (arg.to(tl.int64) == tgt.to(tl.int64))).to(tl.int8), mask=row_mask)
     if HAS_SOFTMAX_W:
         tl.store(target_scale_ptr + rows64, a_t, mask=row_mask)
         for k0 in range(0, H, BLOCK_K):
