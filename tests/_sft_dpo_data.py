@@ -9,10 +9,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-_WORDS = (
-    "what is the answer add numbers apples buys more how many does he have system user assistant respond in "
-    "following format plus minus times 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"
-).split()
+_WORDS = [
+    *["what", "is", "the", "answer", "add", "numbers", "apples", "buys", "more", "how", "many", "does", "he", "have"],
+    *["system", "user", "assistant", "respond", "in", "following", "format", "plus", "minus", "times"],
+    *(str(i) for i in range(21)),
+]
 
 
 def _text(rng: random.Random, words: int) -> str:

@@ -249,6 +249,12 @@ class StepRunner:
         try:
             with variant_context(variant):
                 self.trainer = make_trainer(variant, shape, device, self._tmp.name, kind)
+            if self._patched:
+                from fastgrpo.integration.head import fused_head_config
+
+                # A fastgrpo row must time fastgrpo's head, never trl's under fastgrpo's name.
+                if fused_head_config(self.trainer.model) is None:
+                    raise RuntimeError(f"fastgrpo.patch_trl() did not put fastgrpo's head on trl's {kind} trainer")
         except BaseException:
             self._unpatch()
             raise

@@ -9,7 +9,6 @@ from ..harness.grpo_math import SETTINGS
 from ..harness.inputs import InputSet
 from .base import Outputs, Runner, logprob_runner, on_flat_tokens
 
-
 # The outputs each forward mode asks for (the others: log-probs and entropy): log-probs alone, or all five.
 MODE_OUTPUTS: dict[str, dict[str, bool]] = {
     "fwd_logp": {"return_entropy": False},
@@ -33,8 +32,8 @@ def build(mode: str, device: str, backend: str | None = None) -> Runner:
 
     flags = MODE_OUTPUTS.get(mode, {"return_entropy": True})
 
-    def op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = fastgrpo.linear_logprobs(hidden, weight, targets, backend=backend, **flags)  # type: ignore[arg-type]
+    def op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = fastgrpo.linear_logprobs(h, weight, targets, backend=backend, **flags)  # type: ignore[arg-type]
         return out.logp, out.entropy
 
     return logprob_runner(mode, on_flat_tokens(op))

@@ -33,9 +33,9 @@ def build(mode: str, device: str) -> Runner:
 
     outputs = MODE_OUTPUTS.get(mode, ("log_probs", "entropy"))
 
-    def op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         logp, entropy, *_ = ChunkedLogProbFunction.apply(
-            hidden, weight, None, targets, 1.0, TRL_CHUNK_SIZE, None, 1.0, outputs
+            h, weight, None, targets, 1.0, TRL_CHUNK_SIZE, None, 1.0, outputs
         )
         return logp, entropy
 
