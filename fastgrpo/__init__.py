@@ -21,6 +21,7 @@ _LAZY = {
     "GRPOLossOutput": "fastgrpo.grpo",
     "GRPOLossOptions": "fastgrpo.grpo",
     "FastGRPOTrainer": "fastgrpo.integration",
+    "add_fused_lm_head": "fastgrpo.integration.head",
     "patch_trl": "fastgrpo.integration",
     "unpatch_trl": "fastgrpo.integration",
     "is_trl_patched": "fastgrpo.integration",
@@ -31,6 +32,7 @@ __all__ = ["LogProbOptions", "LogProbs", "linear_logprobs", *_LAZY]
 if TYPE_CHECKING:  # pragma: no cover
     from .grpo import GRPOLossOptions, GRPOLossOutput, fused_linear_grpo_loss, grpo_loss  # noqa: F401
     from .integration import FastGRPOTrainer, is_trl_patched, patch_trl, unpatch_trl  # noqa: F401
+    from .integration.head import add_fused_lm_head  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -43,7 +43,18 @@ LOGPROB_FUNCTIONS = (
     "utils.selective_log_softmax_and_entropy",
     "utils.add_fused_lm_head",
 )
-FINGERPRINTED = LOSS_FUNCTIONS + LOGPROB_FUNCTIONS
+# The fused head every trl >= 1.15 trainer scores through (`kernels.*`: `trl.kernels.chunked_logprob`): the function
+# fastgrpo's `add_fused_lm_head` stands in for, the output it mirrors, and the kernel whose outputs it reproduces,
+# optional outputs (entropy, log sum p^2, mean logit, is-top-1 and its tie rule) included: the autograd function and
+# both of its tile folds (Triton, and torch for devices without Triton).
+HEAD_FUNCTIONS = (
+    "utils.add_fused_lm_head",
+    "utils.FusedCausalLMOutput",
+    "kernels.ChunkedLogProbFunction",
+    "kernels._forward_kernel",
+    "kernels._forward_tile",
+)
+FINGERPRINTED = LOSS_FUNCTIONS + LOGPROB_FUNCTIONS + tuple(n for n in HEAD_FUNCTIONS if n not in LOGPROB_FUNCTIONS)
 ABSENT = "-"  # the release has no such function
 NO_SOURCE = "?"  # the function's source cannot be read (never equal to a recorded fingerprint)
 
@@ -51,11 +62,11 @@ NO_SOURCE = "?"  # the function's source cannot be read (never equal to a record
 # (tests/ci/stage-30-trl-eras.sh). 1.11.0 and 1.13.0 are not listed: their fingerprints equal 1.12.0's, but CI does
 # not run them.
 VERIFIED: dict[str, str] = {
-    "1.10.0": "3da09492 0fa47053 aa5a5659 e3233084 18f2cfe8 f72a62d3 - db1ffb5e 7ddc69c6 - -",
-    "1.12.0": "3da09492 0fa47053 aa5a5659 33bcdeef 18f2cfe8 818120b8 - db1ffb5e 7ddc69c6 - -",
-    "1.14.2": "8162cccb 0fa47053 aa5a5659 33bcdeef 18f2cfe8 842dc827 c327ff35 8e2e1adb 57976ae3 c73b2f5a -",
-    "1.15.0": "f6432847 0fa47053 aa5a5659 33bcdeef 18f2cfe8 cb325917 - 8e2e1adb 57976ae3 c73b2f5a 79e82128",
-    "1.16.0": "f6432847 0fa47053 aa5a5659 33bcdeef 18f2cfe8 cb325917 - 68a807aa 2031bb2a 6aa81633 bde24005",
+    "1.10.0": "3da09492 0fa47053 aa5a5659 e3233084 18f2cfe8 f72a62d3 - db1ffb5e 7ddc69c6 - - - - - -",
+    "1.12.0": "3da09492 0fa47053 aa5a5659 33bcdeef 18f2cfe8 818120b8 - db1ffb5e 7ddc69c6 - - - - - -",
+    "1.14.2": "8162cccb 0fa47053 aa5a5659 33bcdeef 18f2cfe8 842dc827 c327ff35 8e2e1adb 57976ae3 c73b2f5a - - - - -",
+    "1.15.0": "f6432847 0fa47053 aa5a5659 33bcdeef 18f2cfe8 cb325917 - 8e2e1adb 57976ae3 c73b2f5a 79e82128 da89671d 3306c6b2 6ab1616f -",  # noqa: E501
+    "1.16.0": "f6432847 0fa47053 aa5a5659 33bcdeef 18f2cfe8 cb325917 - 68a807aa 2031bb2a 6aa81633 bde24005 da89671d 4f29f467 29af9ed9 4d106619",  # noqa: E501
 }
 # Verified releases whose loss fastgrpo's fused loss does not reproduce: log-probs through fastgrpo, trl's own loss.
 LOSS_NOT_VERIFIED: dict[str, str] = {
@@ -89,6 +100,8 @@ def fingerprint(obj: Any) -> str:
     if obj is None:
         return ABSENT
     obj = getattr(obj, "__func__", obj)  # staticmethod / classmethod
+    if not inspect.isfunction(obj) and not inspect.isclass(obj) and inspect.isfunction(getattr(obj, "fn", None)):
+        obj = obj.fn  # a @triton.jit kernel: its Python function
     try:
         source = inspect.getsource(obj)
         text = normalised_source(source)
@@ -109,6 +122,12 @@ def trl_function(name: str, trl_method: Callable[[str], Any] | None = None) -> A
         from trl.trainer.grpo_trainer import GRPOTrainer
 
         return GRPOTrainer.__dict__.get(attr)
+    if owner == "kernels":
+        try:
+            from trl.kernels import chunked_logprob
+        except ImportError:  # trl < 1.15
+            return None
+        return getattr(chunked_logprob, attr, None)
     import trl.trainer.utils as trl_utils
 
     return getattr(trl_utils, attr, None)
@@ -141,7 +160,8 @@ def differing(prints: Mapping[str, str], reference: Mapping[str, str]) -> list[s
 
 def verified_line(version: str, prints: Mapping[str, str]) -> str:
     """The ``VERIFIED`` entry for ``version``, ready to paste."""
-    return f'    "{Version(version)}": "{" ".join(prints[name] for name in FINGERPRINTED)}",'
+    line = f'    "{Version(version)}": "{" ".join(prints[name] for name in FINGERPRINTED)}",'
+    return line if len(line) <= 120 else f"{line}  # noqa: E501"
 
 
 def version_table() -> str:
@@ -168,7 +188,7 @@ class TrlSupport:
     version: str
     fused_loss: bool = True  # False: trl's own compute_loss computes the loss (on fastgrpo's log-probs)
     logps_method: bool = True  # False: trl's own _get_per_token_logps_and_entropies (it calls the fused head, 1.15+)
-    fused_head: bool = True  # False: trl's fused-head contract changed; fastgrpo's head is not installed
+    fused_head: bool = True  # False: trl's fused head changed; trl's own head runs in every trainer
     reasons: tuple[str, ...] = field(default_factory=tuple)  # why the fused loss is off (empty when verified)
     changed: tuple[str, ...] = field(default_factory=tuple)  # FINGERPRINTED names that differ from the reference
 
@@ -188,7 +208,7 @@ def assess(version: str, prints: Mapping[str, str]) -> TrlSupport:
         return TrlSupport(version, fused_loss=False, reasons=(f"trl {version}: fastgrpo's fused loss differs ({why})",))
     reference = version if own is not None else reference_release(version)
     changed = differing(prints, recorded(reference) or {}) if reference is not None else list(FINGERPRINTED)
-    head = "utils.add_fused_lm_head" not in changed
+    head = not any(name in HEAD_FUNCTIONS for name in changed)
     method = head and not any(name in LOGPROB_FUNCTIONS for name in changed)
     if own is not None:
         why = f"trl {version}'s functions differ from the ones recorded for it: {', '.join(changed)}"

@@ -1,10 +1,13 @@
-"""A fused lm_head on a causal LM's forward: ``model(..., labels=..., fused_lm_head=True)`` -> per-token log-probs.
+"""A fused lm_head on a causal LM's forward: ``model(..., labels=..., fused_lm_head=True)`` -> per-token outputs.
 
-This is fastgrpo's counterpart of trl's ``add_fused_lm_head`` (trl >= 1.15), with the same call contract, so trl's
-own ``_get_per_token_logps_and_entropies`` (1.15/1.16) and fastgrpo's (1.10-1.14) can both call it. The backbone runs
-as usual; only the positions whose next-token label is not -100 go through :func:`fastgrpo.linear_logprobs`, so no
-``[tokens, vocab]`` logits are ever formed. Because the projection runs inside the model's forward, DDP's gradient
-hooks, DeepSpeed's parameter hooks and FSDP's pre-forward gathering fire as they do for the model's own forward.
+This is fastgrpo's counterpart of trl's ``add_fused_lm_head`` (trl >= 1.15), with the same call contract, so every trl
+trainer that calls trl's fused head (SFT, DPO, KTO, RLOO, GRPO, async GRPO in 1.15/1.16) and fastgrpo's own GRPO
+log-prob method (1.10-1.14) can call it. :func:`add_fused_lm_head` is the public entry point, with trl's signature; the
+backbone runs as usual and only the positions whose next-token label is not -100 go through
+:func:`fastgrpo.linear_logprobs`, which computes every per-token output asked for (log-probs, entropy, log sum p^2,
+mean logit, is-top-1) in the same pass, so no ``[tokens, vocab]`` logits are ever formed. Because the projection runs
+inside the model's forward, DDP's gradient hooks, DeepSpeed's parameter hooks and FSDP's pre-forward gathering fire as
+they do for the model's own forward.
 """
 
 from __future__ import annotations
@@ -22,23 +25,50 @@ from ..api import LogProbs, linear_logprobs
 from ..options import LogProbOptions
 
 _ATTR = "_fastgrpo_fused_head"
+# Per-token outputs of trl's fused head (``trl.kernels.chunked_logprob.OPTIONAL_OUTPUTS`` plus the log-probs, which are
+# always computed). The last three carry no gradient.
+OPTIONAL_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+HEAD_OUTPUTS = ("log_probs", *OPTIONAL_OUTPUTS)
 
 
 @dataclass
 class FusedHeadConfig:
-    """How a model's fused head forms its logits, and which backend runs the kernels."""
+    """How a model's fused head forms its logits, which per-token outputs it returns, and which backend runs it.
+
+    ``outputs``: names from :data:`HEAD_OUTPUTS` (``log_probs`` is always computed, as in trl). ``disabled``: set by
+    :func:`uninstall_fused_head` when something wrapped the model's forward after the head was installed, so the head
+    cannot be unhooked: every call then goes to the forward the head replaced.
+    """
 
     temperature: float = 1.0
     cast_lm_head_to_fp32: bool = False
-    entropy: bool = False
+    outputs: tuple[str, ...] = ("log_probs",)
     backend: str = "auto"
     softcap: float | None = None
     logit_scale: float = 1.0
+    disabled: bool = False
+
+    @property
+    def entropy(self) -> bool:
+        return "entropy" in self.outputs
+
+
+def check_outputs(outputs: Any) -> tuple[str, ...]:
+    """``outputs`` as a tuple of known per-token output names, or a ValueError naming the unknown ones."""
+    if isinstance(outputs, str) or not all(isinstance(name, str) for name in outputs):
+        raise TypeError(f"outputs must be a tuple of output names from {HEAD_OUTPUTS}, got {outputs!r}")
+    outputs = tuple(outputs)
+    unknown = [name for name in outputs if name not in HEAD_OUTPUTS]
+    if unknown:
+        raise ValueError(f"outputs: unknown per-token output(s) {unknown}; expected names from {HEAD_OUTPUTS}")
+    return outputs
 
 
 @dataclass
 class FusedHeadOutput(ModelOutput):
-    """Same fields as trl's ``FusedCausalLMOutput`` that trl's GRPO code reads; per-token fields are 0 at -100.
+    """The fields of trl's ``FusedCausalLMOutput``, in its order, with its dtypes: ``log_probs``, ``entropy``,
+    ``log_sum_sq_probs`` and ``mean_logits`` fp32, ``is_top1`` bool, all 0 (False) where the label is -100 and None
+    when not asked for; ``label_mask`` bool; ``loss`` the label-masked mean NLL (or sum / ``num_items_in_batch``).
 
     A ``ModelOutput`` (a dict) as trl's is, not a plain dataclass: DeepSpeed ZeRO-3 finds the tensors of a module's
     output only in tuples, lists and dicts, and hooks them to gather that module's parameters again before its
@@ -49,11 +79,11 @@ class FusedHeadOutput(ModelOutput):
     loss: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    log_sum_sq_probs: torch.Tensor | None = None
+    mean_logits: torch.Tensor | None = None
+    is_top1: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
-    log_sum_sq_probs: None = None
-    mean_logits: None = None
-    is_top1: None = None
 
 
 def head_logit_transform(text_config: Any) -> tuple[float | None, float]:
@@ -95,30 +125,42 @@ def maybe_gather_params(*params: torch.Tensor | None) -> AbstractContextManager[
     return deepspeed.zero.GatheredParameters(list(todo.values()))
 
 
+_FLAGS = {
+    "entropy": "return_entropy",
+    "log_sum_sq_probs": "return_log_sum_sq_probs",
+    "mean_logits": "return_mean_logits",
+    "is_top1": "return_is_top1",
+}
+
+
 def _head_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     config: FusedHeadConfig,
-    want_entropy: bool,
+    want: tuple[str, ...],
 ) -> LogProbs:
-    """``linear_logprobs`` with the head's logit options and backend."""
+    """``linear_logprobs`` with the head's logit options and backend, computing the outputs named in ``want``."""
+    flags = {_FLAGS[name]: True for name in want if name in _FLAGS}
     options = LogProbOptions(
-        temperature=config.temperature,
-        logit_scale=config.logit_scale,
-        softcap=config.softcap,
-        return_entropy=want_entropy,
+        temperature=config.temperature, logit_scale=config.logit_scale, softcap=config.softcap, **flags
     )
     backend = config.backend
     return linear_logprobs(hidden, weight, targets, bias=bias, options=options, backend=backend)  # type: ignore[arg-type]
+
+
+def _extras(out: LogProbs) -> tuple[torch.Tensor | None, ...]:
+    """The non-differentiable outputs of ``out`` (None where not computed)."""
+    return tuple(getattr(out, name, None) for name in OPTIONAL_OUTPUTS[1:])
 
 
 class _GatheredLinearLogProbs(torch.autograd.Function):
     """linear_logprobs for a ZeRO-3 partitioned head: gathers the head again in backward and recomputes there.
 
     fastgrpo's own autograd function keeps the weight it saw in forward; under ZeRO-3 that storage is released when
-    the gather context exits, so backward re-enters the gather and differentiates a recomputed forward.
+    the gather context exits, so backward re-enters the gather and differentiates a recomputed forward (log-probs and
+    entropy only: the other outputs carry no gradient).
     """
 
     @staticmethod
@@ -129,18 +171,23 @@ class _GatheredLinearLogProbs(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         config: FusedHeadConfig,
-        want_entropy: bool,
+        want: tuple[str, ...],
     ) -> tuple[torch.Tensor, ...]:
         ctx.set_materialize_grads(False)
         with torch.no_grad():
-            out = _head_logprobs(hidden, weight, bias, targets, config, want_entropy)
+            out = _head_logprobs(hidden, weight, bias, targets, config, want)
         ctx.save_for_backward(hidden, weight, bias, targets)
-        ctx.config, ctx.want_entropy = config, want_entropy
-        entropy = out.entropy if out.entropy is not None else out.logp.new_zeros(0)
-        return out.logp, entropy
+        ctx.config, ctx.want_entropy = config, "entropy" in want
+        empty = out.logp.new_zeros(0)
+        entropy = out.entropy if out.entropy is not None else empty
+        extras = tuple(empty if x is None else x for x in _extras(out))
+        ctx.mark_non_differentiable(*extras)
+        return (out.logp, entropy, *extras)
 
     @staticmethod
-    def backward(ctx: Any, grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> tuple[Any, ...]:
+    def backward(
+        ctx: Any, grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None, *_: Any
+    ) -> tuple[Any, ...]:
         hidden, weight, bias, targets = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if not ctx.want_entropy:
@@ -153,7 +200,8 @@ class _GatheredLinearLogProbs(torch.autograd.Function):
             h = hidden.detach().requires_grad_(needs[0])
             w = weight.detach().requires_grad_(needs[1])
             b = None if bias is None else bias.detach().requires_grad_(needs[2])
-            out = _head_logprobs(h, w, b, targets, config, grad_entropy is not None)
+            want = ("log_probs", "entropy") if grad_entropy is not None else ("log_probs",)
+            out = _head_logprobs(h, w, b, targets, config, want)
             outputs = [out.logp] if grad_logp is not None else []
             grads = [grad_logp] if grad_logp is not None else []
             if grad_entropy is not None:
@@ -173,17 +221,18 @@ def project_logprobs(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     config: FusedHeadConfig,
-    want_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of ``targets`` [N] from ``hidden`` [N, H], gathering a ZeRO-3 head as needed."""
+    want: tuple[str, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """The per-token outputs of :data:`HEAD_OUTPUTS` for ``targets`` [N] from ``hidden`` [N, H] (None where not in
+    ``want``), gathering a ZeRO-3 head as needed."""
     gather = maybe_gather_params(weight, bias)
     if gather is None:
-        out = _head_logprobs(hidden, weight, bias, targets, config, want_entropy)
-        return out.logp, out.entropy
+        out = _head_logprobs(hidden, weight, bias, targets, config, want)
+        return (out.logp, out.entropy, *_extras(out))
     # Under ZeRO-3 the head is applied inside the gather so autograd records its full shape (as trl does).
     with gather:
-        logp, entropy = _GatheredLinearLogProbs.apply(hidden, weight, bias, targets, config, want_entropy)
-    return logp, (entropy if want_entropy else None)
+        results = _GatheredLinearLogProbs.apply(hidden, weight, bias, targets, config, want)
+    return tuple(x if name in want else None for name, x in zip(HEAD_OUTPUTS, results))
 
 
 def _gather_sharded_head(param: torch.Tensor | None) -> torch.Tensor | None:
@@ -219,6 +268,7 @@ def install_fused_head(model: Any, config: FusedHeadConfig) -> FusedHeadConfig:
     The forward without ``fused_lm_head=True`` is the model's previous forward (generation is unchanged). Installing
     again updates the configuration in place. Returns the configuration object the forward reads on each call.
     """
+    config.outputs = check_outputs(config.outputs)
     text_config = model.config.get_text_config()
     config.softcap, config.logit_scale = head_logit_transform(text_config)
     existing = getattr(model, _ATTR, None)
@@ -241,41 +291,46 @@ def install_fused_head(model: Any, config: FusedHeadConfig) -> FusedHeadConfig:
         fastgrpo_entropy: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        if not fused_lm_head:
+        if not fused_lm_head or config.disabled:
             if labels is not None:
                 kwargs["labels"] = labels
             if shift_labels is not None:
                 kwargs["shift_labels"] = shift_labels
             if num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
+            if fused_lm_head:  # uninstalled while wrapped: the head this one replaced (trl's, under patch_trl())
+                kwargs["fused_lm_head"] = True
             return original_forward(*args, **kwargs)
+        want = config.outputs
+        if fastgrpo_entropy is not None:  # fastgrpo's GRPO log-prob method asks per call
+            want = tuple(n for n in want if n != "entropy") + (("entropy",) if fastgrpo_entropy else ())
         return _fused_forward(
-            self,
-            config,
-            backbone_attr,
-            args,
-            kwargs,
-            labels,
-            shift_labels,
-            num_items_in_batch,
-            config.entropy if fastgrpo_entropy is None else fastgrpo_entropy,
+            self, config, backbone_attr, args, kwargs, labels, shift_labels, num_items_in_batch, ("log_probs", *want)
         )
 
     model.forward = types.MethodType(_fastgrpo_forward, model)
-    setattr(model, _ATTR, (config, previous_instance_forward))
+    setattr(model, _ATTR, (config, previous_instance_forward, model.__dict__["forward"]))
     return config
 
 
 def uninstall_fused_head(model: Any) -> bool:
-    """Restore the forward ``install_fused_head`` replaced; returns whether there was one."""
+    """Restore the forward ``install_fused_head`` replaced; returns whether there was one.
+
+    When something wrapped the model's forward after the head was installed (accelerate's autocast wrapper under
+    mixed precision, for one), that wrapper is kept: the head is disabled instead, so every call goes to the forward
+    it replaced.
+    """
     existing = getattr(model, _ATTR, None)
     if existing is None:
         return False
-    previous = existing[1]
-    if previous is None:
-        model.__dict__.pop("forward", None)
+    config, previous, installed = existing
+    if model.__dict__.get("forward") is installed:
+        if previous is None:
+            model.__dict__.pop("forward", None)
+        else:
+            model.forward = previous
     else:
-        model.forward = previous
+        config.disabled = True
     delattr(model, _ATTR)
     return True
 
@@ -283,6 +338,85 @@ def uninstall_fused_head(model: Any) -> bool:
 def fused_head_config(model: Any) -> FusedHeadConfig | None:
     existing = getattr(model, _ATTR, None)
     return None if existing is None else existing[0]
+
+
+@functools.cache
+def _peft_tuner_layer() -> Any:
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return None
+    return BaseTunerLayer
+
+
+def check_lm_head_not_adapted(model: Any) -> None:
+    """Raise a ValueError when a PEFT adapter sits on ``model``'s lm_head (a LoRA or trainable-tokens layer).
+
+    The fused head projects with ``lm_head.weight`` and never calls the head module, so an adapter's delta would be
+    ignored. PEFT's ``modules_to_save=["lm_head"]`` is fine: its wrapper's ``weight`` is the active adapter's trained
+    copy (the original one while adapters are disabled, as for DPO's and KTO's reference pass), exactly the module its
+    forward calls.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head) for the fused head to use")
+    tuner_layer = _peft_tuner_layer()
+    if tuner_layer is None:  # no peft, no adapters
+        return
+    if isinstance(head, tuner_layer) or any(isinstance(m, tuner_layer) for m in head.modules()):
+        raise ValueError(
+            "fastgrpo does not support a PEFT adapter on the lm_head (the model's output embeddings are a "
+            f"{type(head).__module__}.{type(head).__name__}): the fused head projects with `lm_head.weight` directly "
+            "and would ignore the adapter. Remove 'lm_head' from the adapter's `target_modules` (modules_to_save "
+            "is supported)."
+        )
+
+
+def add_fused_lm_head(
+    model: Any,
+    temperature: float = 1.0,
+    cast_lm_head_to_fp32: bool = False,
+    outputs: tuple[str, ...] = ("log_probs",),
+    *,
+    backend: str | None = None,
+) -> None:
+    """trl's ``add_fused_lm_head`` (trl >= 1.15), on fastgrpo's kernels: same signature, call contract and outputs.
+
+    Afterwards ``model(..., labels=labels, fused_lm_head=True)`` runs the backbone and returns a
+    :class:`FusedHeadOutput` (the fields of trl's ``FusedCausalLMOutput``) without materializing ``[tokens, vocab]``
+    logits: ``log_probs`` (always), and the ``outputs`` asked for among ``entropy``, ``log_sum_sq_probs`` (log sum
+    p^2, no gradient), ``mean_logits`` (mean temperature-scaled logit, no gradient), ``is_top1`` (bool: the label is
+    the first argmax, trl's tie rule); all 0 / False where the label is -100. ``shift_labels`` are scored unshifted,
+    ``loss`` is the NLL summed over labelled tokens divided by ``num_items_in_batch`` (their count when not given),
+    plus the MoE load-balancing loss when router logits are requested. Without ``fused_lm_head=True`` the forward is
+    the previous one (generation is unchanged). Logits follow the model's config as trl reads it (Gemma 2 soft-capping,
+    Cohere / Granite / Falcon-H1 logit scaling), then ``/ temperature``; ``cast_lm_head_to_fp32`` projects in fp32
+    outside autocast.
+
+    Differences from trl's: calling it again on the same model updates the head in place instead of stacking a second
+    one; unknown ``outputs`` names raise a ValueError; a PEFT adapter on the lm_head raises a ValueError (here and on
+    each call, so a model wrapped with PEFT afterwards is covered too). ``backend`` (keyword only): "auto", "triton" or
+    "torch" (default: ``$FASTGRPO_BACKEND`` or "auto"). :func:`fastgrpo.patch_trl` puts this function behind every trl
+    trainer that calls trl's own. Undo with :func:`uninstall_fused_head`.
+    """
+    from ._compat import resolve_backend_choice
+
+    chosen = resolve_backend_choice(backend)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive float, got {temperature!r}")
+    check_lm_head_not_adapted(model)
+    config = FusedHeadConfig(
+        temperature=float(temperature),
+        cast_lm_head_to_fp32=bool(cast_lm_head_to_fp32),
+        outputs=check_outputs(outputs),
+        backend=chosen,
+    )
+    install_fused_head(model, config)
+
+
+def _scatter(mask: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor | None:
+    """``values`` [n_valid] placed at ``mask``'s True positions, 0 (False) elsewhere; connected to the graph."""
+    return None if values is None else values.new_zeros(mask.shape).masked_scatter(mask, values)
 
 
 def _fused_forward(
@@ -294,10 +428,11 @@ def _fused_forward(
     labels: torch.Tensor | None,
     shift_labels: torch.Tensor | None,
     num_items_in_batch: Any,
-    want_entropy: bool,
+    want: tuple[str, ...],
 ) -> FusedHeadOutput:
     if labels is None and shift_labels is None:
         raise ValueError("fused_lm_head=True needs `labels` (or pre-shifted `shift_labels`) to score")
+    check_lm_head_not_adapted(model)
     text_config = model.config.get_text_config()
     kwargs["use_cache"] = False
     if getattr(text_config, "output_router_logits", False):
@@ -325,23 +460,36 @@ def _fused_forward(
         # Keep the result connected to the graph so an all-masked micro-batch backpropagates a zero.
         zero = hidden_states.sum() * 0.0
         log_probs = zero.float() + hidden_states.new_zeros(mask.shape, dtype=torch.float32)
-        entropy = log_probs.clone() if want_entropy else None
+
+        def empty(name: str) -> torch.Tensor | None:
+            if name not in want:
+                return None
+            if name == "is_top1":
+                return torch.zeros_like(mask)
+            return log_probs.clone() if name == "entropy" else log_probs.detach().clone()
+
+        per_token: tuple[torch.Tensor | None, ...] = (log_probs, *(empty(name) for name in OPTIONAL_OUTPUTS))
     else:
         with autocast_ctx:
-            valid_logp, valid_entropy = project_logprobs(
-                hidden_states[mask], weight, bias, labels[mask], config, want_entropy
-            )
-        log_probs = valid_logp.new_zeros(mask.shape).masked_scatter(mask, valid_logp)
-        entropy = None
-        if want_entropy and valid_entropy is not None:
-            entropy = valid_entropy.new_zeros(mask.shape).masked_scatter(mask, valid_entropy)
+            valid = project_logprobs(hidden_states[mask], weight, bias, labels[mask], config, want)
+        per_token = tuple(_scatter(mask, x) for x in valid)
+    log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1 = per_token
     denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    loss = -log_probs.sum() / denom
+    loss = -log_probs.sum() / denom  # type: ignore[union-attr]
     aux_loss = None
     if kwargs.get("output_router_logits"):
         aux_loss = _router_aux_loss(model, text_config, backbone_outputs, kwargs.get("attention_mask"))
         loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
-    return FusedHeadOutput(loss=loss, log_probs=log_probs, entropy=entropy, label_mask=mask, aux_loss=aux_loss)
+    return FusedHeadOutput(
+        loss=loss,
+        log_probs=log_probs,
+        entropy=entropy,
+        log_sum_sq_probs=log_sum_sq_probs,
+        mean_logits=mean_logits,
+        is_top1=is_top1,
+        label_mask=mask,
+        aux_loss=aux_loss,
+    )
 
 
 def _router_aux_loss(model: Any, text_config: Any, backbone_outputs: Any, attention_mask: Any) -> torch.Tensor:

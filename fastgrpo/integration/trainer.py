@@ -42,7 +42,13 @@ from ._compat import (
     resolve_backend_choice,
     trl_has_fused_head,
 )
-from .head import FusedHeadConfig, fused_head_config, install_fused_head, uninstall_fused_head
+from .head import (
+    FusedHeadConfig,
+    check_lm_head_not_adapted,
+    fused_head_config,
+    install_fused_head,
+    uninstall_fused_head,
+)
 
 if TYPE_CHECKING:
     from .fingerprints import TrlSupport
@@ -101,20 +107,6 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def _check_lm_head_not_adapted(model: Any) -> None:
-    head = model.get_output_embeddings()
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # no peft, no adapters
-        return
-    if isinstance(head, BaseTunerLayer) or any(isinstance(m, BaseTunerLayer) for m in head.modules()):
-        raise ValueError(
-            "fastgrpo does not support a PEFT adapter on the lm_head (the model's output embeddings are a "
-            f"{type(head).__module__}.{type(head).__name__}): the fused head projects with `lm_head.weight` directly "
-            "and would ignore the adapter. Remove 'lm_head' from the adapter's `target_modules`."
-        )
-
-
 def _fastgrpo_init(
     self: Any, *args: Any, fastgrpo_backend: str | None = None, fastgrpo_loss: str | None = None, **kwargs: Any
 ) -> None:
@@ -153,12 +145,12 @@ def _setup_fastgrpo(self: Any, backend: str, loss_path: str = "auto") -> None:
     support = trl_support(self)
     policy = _unwrap(self.model)
     policy = policy.get_base_model() if _is_peft_model(policy) else policy
-    _check_lm_head_not_adapted(policy)
+    check_lm_head_not_adapted(policy)
     cast = bool(getattr(self.args, "cast_lm_head_to_fp32", False))
     models = [(policy, True)]
     if self.ref_model is not None:
         ref = _unwrap(self.ref_model)
-        _check_lm_head_not_adapted(ref)
+        check_lm_head_not_adapted(ref)
         models.append((ref, False))
     self._fastgrpo_head = None
     self._fastgrpo_models = []
@@ -167,7 +159,10 @@ def _setup_fastgrpo(self: Any, backend: str, loss_path: str = "auto") -> None:
             config = install_fused_head(
                 model,
                 FusedHeadConfig(
-                    temperature=float(self.temperature), cast_lm_head_to_fp32=cast, entropy=is_policy, backend=backend
+                    temperature=float(self.temperature),
+                    cast_lm_head_to_fp32=cast,
+                    outputs=("log_probs", "entropy") if is_policy else ("log_probs",),  # what trl asks for
+                    backend=backend,
                 ),
             )
             self._fastgrpo_models.append(model)
@@ -323,19 +318,34 @@ _REPLACEMENTS: dict[str, Callable[..., Any]] = {
 
 
 def patch_trl(backend: str | None = None) -> None:
-    """Make trl's ``GRPOTrainer`` use fastgrpo, including in scripts that already did ``from trl import GRPOTrainer``.
+    """Put fastgrpo behind trl's trainers: the one entry point for existing trl scripts. Idempotent, reversible.
 
-    Sets fastgrpo's ``__init__``, ``_get_per_token_logps_and_entropies`` and ``compute_loss`` on trl's class itself
-    (no edits to trl's source); subclasses that do not override them are covered too. Idempotent: patching again only
-    updates ``backend``. Trainers constructed before patching keep trl's behaviour. Undo with :func:`unpatch_trl`.
+    * Every trainer that scores through trl's fused head (trl >= 1.15: ``SFTTrainer``, ``DPOTrainer``,
+      ``KTOTrainer``, ``RLOOTrainer``, ``trl.experimental.async_grpo.AsyncGRPOTrainer``) builds
+      :func:`fastgrpo.add_fused_lm_head` where it would build trl's ``add_fused_lm_head`` (the name is replaced in
+      each trainer module, see :mod:`.trl_head`): its log-probs and the other per-token outputs come from fastgrpo's
+      kernels, its loss stays trl's.
+    * ``GRPOTrainer`` (trl >= 1.10) gets fastgrpo's ``__init__``, ``_get_per_token_logps_and_entropies`` and
+      ``compute_loss`` on trl's class itself: the same head on the policy and reference models, and fastgrpo's fused
+      GRPO loss on a verified trl. On trl < 1.15 only GRPO is covered.
+
+    Covers names imported before or after patching, and subclasses that do not override the patched methods. Takes
+    effect for trainers constructed afterwards: a trainer built before ``patch_trl()`` keeps trl's head (and, for
+    GRPO, trl's loss). On a trl whose fused head differs from the verified release's, trl's own head runs in every
+    trainer, with one WARNING naming the functions that differ. ``backend``: "auto", "triton" or "torch" (default:
+    ``$FASTGRPO_BACKEND`` or "auto"); patching again only updates it, for trainers built afterwards. Undo with
+    :func:`unpatch_trl`.
 
     Raises RuntimeError on a trl outside the supported range, ValueError on an unknown backend.
     """
+    from .trl_head import patch_heads
+
     check_trl_version()
     if backend is not None:
         resolve_backend_choice(backend)
     cls = _grpo_module.GRPOTrainer
     _patch_state["backend"] = backend
+    patch_heads(backend)
     if _patch_state["originals"] is not None:
         return
     originals = {name: cls.__dict__.get(name) for name in _PATCHED_METHODS}
@@ -346,13 +356,19 @@ def patch_trl(backend: str | None = None) -> None:
 
 
 def unpatch_trl() -> None:
-    """Restore trl's own ``GRPOTrainer`` methods, and take fastgrpo off the live trainers built while patched.
+    """Restore trl's own ``add_fused_lm_head`` in every trainer module and trl's ``GRPOTrainer`` methods, and take
+    fastgrpo off the live trainers built while patched.
 
-    Those trainers (instances of trl's class or its subclasses, not of :class:`FastGRPOTrainer`) get their models'
-    previous forward back (trl's fused head on trl >= 1.15) and lose fastgrpo's state, so they train as stock trl.
-    What stays: :class:`FastGRPOTrainer` instances (fastgrpo's own class, not a patch) and the once-only log memory.
-    A no-op when not patched.
+    Those trainers (SFT, DPO, KTO, RLOO, async GRPO; GRPO instances of trl's class or its subclasses, not of
+    :class:`FastGRPOTrainer`) get their models' previous forward back (trl's fused head on trl >= 1.15; when something
+    wrapped the forward afterwards, fastgrpo's head is disabled in place and passes every call to trl's) and lose
+    fastgrpo's state, so they train as stock trl. What stays: :class:`FastGRPOTrainer` instances (fastgrpo's own
+    class, not a patch), models given a head by calling :func:`fastgrpo.add_fused_lm_head` directly, and the
+    once-only log memory. A no-op when not patched.
     """
+    from .trl_head import unpatch_heads
+
+    unpatch_heads()
     originals = _patch_state["originals"]
     if originals is None:
         return
