@@ -63,7 +63,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         trainer_cases = [
             (s, k, v)
             for s in state.suite.trainer_shapes
-            for k in state.suite.trainer_kinds
+            for k in s.kinds
             for v in KIND_VARIANTS[k]
             if v in wanted
         ]

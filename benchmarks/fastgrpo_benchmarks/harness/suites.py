@@ -55,6 +55,8 @@ class TrainerShape:
     completion_len: int = 1024
     prompt_len: int = 64
     tied: bool = True  # Qwen2.5 0.5B and 1.5B tie the lm_head to the embeddings
+    # Trainer steps at this shape (harness/trainer_setup.py: "grpo", "sft", "dpo").
+    kinds: tuple[str, ...] = ("grpo", "sft", "dpo")
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,6 @@ class Suite:
     accuracy_shape: OpShape
     modes: tuple[str, ...] = MODES
     trainer_shapes: tuple[TrainerShape, ...] = ()
-    # Trainer steps per trainer shape (harness/trainer_setup.py: "grpo", "sft", "dpo").
-    trainer_kinds: tuple[str, ...] = ("grpo", "sft", "dpo")
     # Largest completion length that fits this many GiB (GPU only; 0 = skip that search).
     memory_budget_gib: float = 0.0
     warmup_rounds: int = 1
@@ -83,10 +83,12 @@ class Suite:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _qwen_trainer_shapes(completion_len: int, layers: int | None = None) -> tuple[TrainerShape, ...]:
+def _qwen_trainer_shapes(
+    completion_len: int, layers: int | None = None, kinds: tuple[str, ...] = ("grpo", "sft", "dpo")
+) -> tuple[TrainerShape, ...]:
     return (
-        TrainerShape("qwen2.5-0.5b", 896, 4864, layers or 24, 14, 2, completion_len=completion_len),
-        TrainerShape("qwen2.5-1.5b", 1536, 8960, layers or 28, 12, 2, completion_len=completion_len),
+        TrainerShape("qwen2.5-0.5b", 896, 4864, layers or 24, 14, 2, completion_len=completion_len, kinds=kinds),
+        TrainerShape("qwen2.5-1.5b", 1536, 8960, layers or 28, 12, 2, completion_len=completion_len, kinds=kinds),
     )
 
 
@@ -176,8 +178,7 @@ SUITES: dict[str, Suite] = {
         dtype="bfloat16",
         shapes=tuple(sorted(_gpu_shapes((4096, 16384)), key=lambda s: s.tokens)),
         accuracy_shape=OpShape("acc-n256-h512-v151936", 256, 512, seq_len=64),
-        trainer_shapes=_qwen_trainer_shapes(1024),
-        trainer_kinds=("grpo", "sft"),  # the lease's 8 minutes: GRPO and SFT steps, no DPO
+        trainer_shapes=_qwen_trainer_shapes(1024, kinds=("grpo", "sft")),  # the lease's 8 minutes: no DPO step
         memory_budget_gib=24.0,
         warmup_rounds=1,
         min_rounds=3,
@@ -194,10 +195,11 @@ SUITES: dict[str, Suite] = {
         shapes=(OpShape("dry-n32-h32-v1024", 32, 32, vocab=1024, seq_len=16),),
         accuracy_shape=OpShape("acc-n16-h16-v512", 16, 16, vocab=512, seq_len=8),
         trainer_shapes=(
-            TrainerShape("dry-qwen2-a", 32, 64, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
-            TrainerShape("dry-qwen2-b", 48, 96, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
-        ),
-        trainer_kinds=("grpo", "sft"),
+            TrainerShape("dry-qwen2-a", 32, 64, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4,
+                         kinds=("grpo", "sft")),
+            TrainerShape("dry-qwen2-b", 48, 96, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4,
+                         kinds=("grpo",)),  # the SFT step's code path once is enough for the dry run
+        ),  # fmt: skip
         warmup_rounds=0,
         min_rounds=1,
         max_rounds=1,
