@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,7 @@ def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, mo
             **engine_kwargs(kind),
         )
     )
+    began = time.monotonic()
     calls = _FullTensorCalls()
     own_gathers = _count_own_gathers()
     heads = _HeadCalls(count_trl=trainer_name == "stock")
@@ -234,6 +236,7 @@ def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, mo
     facts["full_tensor_grad_placements"] = sorted(set(calls.grad_placements))
     facts["trl_head_calls"], facts["fastgrpo_head_calls"] = heads.trl, heads.fastgrpo
     facts["fastgrpo_head_installed"] = fused_head_installed
+    facts["wall_s"] = round(time.monotonic() - began, 2)  # this run's cost inside the launch (CI time)
     weights = _full_parameters(trainer)
     if int(os.environ["RANK"]) == 0:
         record = {"logs": trainer.state.log_history, "weights": weights, "facts": facts}
