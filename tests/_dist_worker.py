@@ -67,9 +67,14 @@ def _full_parameters(trainer: Any) -> dict[str, Any]:
 
 
 class _FullTensorCalls:
-    """Counts ``DTensor.full_tensor`` calls (the fused heads gather a sharded FSDP2 head with it)."""
+    """Counts ``DTensor.full_tensor`` calls on parameters (the fused heads gather a sharded FSDP2 head with it).
+
+    Calls on other DTensors are not counted: accelerate >= 1.16 gathers the DTensor gradient norms of
+    ``clip_grad_norm_`` with ``full_tensor()`` in every FSDP2 run.
+    """
 
     def __init__(self) -> None:
+        import torch
         from torch.distributed.tensor import DTensor
 
         self.count = 0
@@ -78,6 +83,8 @@ class _FullTensorCalls:
         counter = self
 
         def full_tensor(self: Any, *, grad_placements: Any = None) -> Any:
+            if not isinstance(self, torch.nn.Parameter):
+                return counter._original(self, grad_placements=grad_placements)
             counter.count += 1
             counter.grad_placements.append(str(grad_placements))
             return counter._original(self, grad_placements=grad_placements)
