@@ -17,9 +17,11 @@ def test_compiled_matches_eager(frozen):
 
     def step(x, w, b):
         out = fastgrpo.linear_logprobs(
-            x, w, case.targets, bias=b, temperature=0.9, softcap=5.0, return_entropy=True, backend="torch"
-        )
-        return (out.logp * g_l).sum() + (out.entropy * g_h).sum(), out.logp
+            x, w, case.targets, bias=b, temperature=0.9, softcap=5.0, return_entropy=True, backend="torch",
+            return_log_sum_sq_probs=True, return_mean_logits=True, return_is_top1=True,
+        )  # fmt: skip
+        extras = (out.log_sum_sq_probs, out.mean_logits, out.is_top1)  # non-differentiable, through the custom op
+        return (out.logp * g_l).sum() + (out.entropy * g_h).sum(), out.logp, extras
 
     results = []
     for fn in (step, torch.compile(step, fullgraph=True)):
@@ -28,10 +30,13 @@ def test_compiled_matches_eager(frozen):
             case.weight.clone().requires_grad_(not frozen),
             case.bias.clone().requires_grad_(not frozen),
         ]
-        loss, logp = fn(*leaves)
+        loss, logp, extras = fn(*leaves)
         loss.backward()
-        results.append((loss.detach(), logp.detach(), [leaf.grad for leaf in leaves]))
-    (l1, lp1, g1), (l2, lp2, g2) = results
+        assert extras[2].dtype == torch.bool and not any(e.requires_grad for e in extras)
+        results.append((loss.detach(), logp.detach(), [leaf.grad for leaf in leaves], extras))
+    (l1, lp1, g1, e1), (l2, lp2, g2, e2) = results
+    for a, b in zip(e1, e2):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(l2, l1, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(lp2, lp1, rtol=1e-6, atol=1e-6)
     for a, b in zip(g1, g2):

@@ -26,6 +26,15 @@ EXTRAS = ("log_sum_sq_probs", "mean_logits", "is_top1")
 SPLIT_EDGES = (128, 256)
 
 
+@pytest.fixture(autouse=True)
+def _small_torch_tiles(monkeypatch):
+    """The torch path in 256-column tiles (its smallest): V=301 spans two, so its online rescaling and the carrying
+    of the first argmax across tiles are exercised too."""
+    from fastgrpo import torch_backend
+
+    monkeypatch.setattr(torch_backend, "TILE_ELEMENTS", 1)
+
+
 def _all_outputs(case, backend, opts, **overrides):
     with kernel_overrides(backend, **overrides), torch.no_grad():
         return fastgrpo.linear_logprobs(
@@ -62,6 +71,7 @@ def test_extra_outputs_match_float64(backend, opt_name):
     assert rel_err(out.logp, ref.logp) < FP32_REL and rel_err(out.entropy, ref.entropy) < FP32_REL
     assert rel_err(out.log_sum_sq_probs, ref.log_sum_sq_probs) < FP32_REL
     assert rel_err(out.mean_logits, ref.mean_logits) < FP32_REL
+    assert out.is_top1.view(torch.uint8).max() <= 1  # every byte written (the launcher poisons them with 255)
     assert torch.equal(out.is_top1[clear], ref.is_top1[clear])
     assert ref.is_top1[clear].sum() >= 5 and (~ref.is_top1[clear & ~ignored]).sum() >= 5  # both answers occur
     # ignore_index: 0 / 0 / False, like logp and entropy
@@ -72,6 +82,27 @@ def test_extra_outputs_match_float64(backend, opt_name):
     assert (lsq < 0).all() and (lsq > -torch.log(torch.tensor(301.0))).all()
 
 
+@pytest.mark.parametrize(("backend", "splits"), [("torch", None), ("triton", 1), ("triton", 3)])
+def test_frozen_head_forward_extras_match_float64(backend, splits):
+    """A frozen head with hidden requiring grad runs the frozen-head forward (softmax@W accumulated in the same
+    pass), with one vocabulary split and with several; the extras ride along unchanged, and logp's gradient holds."""
+    opts = LogProbOptions(temperature=1.3, logit_scale=0.8, softcap=6.0, **ALL)
+    case = make_case(*AWKWARD, bias=True, n_ignored=3)
+    case.targets, clear = _targets_hitting_the_argmax(case, opts)
+    hidden = case.hidden.clone().requires_grad_()
+    with kernel_overrides(backend, **({} if splits is None else {"num_splits": splits})):
+        out = fastgrpo.linear_logprobs(hidden, case.weight, case.targets, bias=case.bias, backend=backend, options=opts)
+        (grad,) = torch.autograd.grad(out.logp.sum(), hidden)
+    ref_hidden = case.hidden.double().requires_grad_()
+    ref = reference_all_outputs(ref_hidden, case.weight, case.targets, case.bias, opts)
+    (ref_grad,) = torch.autograd.grad(ref.logp.sum(), ref_hidden)
+    assert rel_err(grad, ref_grad) < FP32_REL
+    for name in ("logp", "entropy", "log_sum_sq_probs", "mean_logits"):
+        assert rel_err(getattr(out, name), getattr(ref, name)) < FP32_REL, name
+    assert out.is_top1.view(torch.uint8).max() <= 1
+    assert torch.equal(out.is_top1[clear], ref.is_top1[clear]) and ref.is_top1.any()
+
+
 def test_float64_torch_path_is_exact():
     """float64 inputs on the torch path accumulate in float64: the chunked statistics equal the reference's to
     rounding (1e-12), which checks the online rescaling of q = sum exp(2(z - m)) across vocabulary tiles."""
@@ -79,12 +110,8 @@ def test_float64_torch_path_is_exact():
 
     opts = LogProbOptions(temperature=0.9, logit_scale=1.3, softcap=5.0, **ALL)
     case = make_case(29, 24, 1000, dtype=torch.float64, bias=True, scale=3.0)
-    old = torch_backend.TILE_ELEMENTS
-    torch_backend.TILE_ELEMENTS = 29 * 256  # 256-column tiles: four rescalings per row
-    try:
-        out = _all_outputs(case, "torch", opts)
-    finally:
-        torch_backend.TILE_ELEMENTS = old
+    assert torch_backend._chunks(29, 1000, 24) == (29, 256)  # 256-column tiles: three rescalings per row
+    out = _all_outputs(case, "torch", opts)
     ref = reference_all_outputs(case.hidden, case.weight, case.targets, case.bias, opts)
     for name in ("logp", "entropy", "log_sum_sq_probs", "mean_logits"):
         assert rel_err(getattr(out, name), getattr(ref, name)) < 1e-12, name
@@ -109,13 +136,17 @@ TIES = {
     "across_a_split_edge": (SPLIT_EDGES[0] - 1, SPLIT_EDGES[0]),
     "in_different_splits": (100, 200, 290),
     "first_and_last_column": (0, 300),
+    "across_the_torch_tile_edge": (255, 256),  # also a split edge with 3 splits, and a tile edge for Triton
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "splits"), [("torch", None), ("triton", 3), ("triton", 10)])
 @pytest.mark.parametrize("tie", list(TIES))
 @pytest.mark.parametrize("opt_name", ["plain", "all"])
-def test_is_top1_ties_go_to_the_lowest_index(backend, tie, opt_name):
+def test_is_top1_ties_go_to_the_lowest_index(backend, splits, tie, opt_name):
+    """Exact ties, the target at the first tied column (True), a later one (False), a column before the tie that is
+    no maximum (False). Triton: 3 splits (edges at columns 128 and 256) or 10 (one 32-column tile each, so every
+    tile edge is a split edge)."""
     cols = TIES[tie]
     opts = dataclasses.replace(OPTION_CASES[opt_name], **ALL)
     hidden, weight = _tie_case(9, 40, 301, cols)
@@ -126,8 +157,7 @@ def test_is_top1_ties_go_to_the_lowest_index(backend, tie, opt_name):
     case = dataclasses.replace(make_case(9, 40, 301, n_ignored=0), hidden=hidden, weight=weight, targets=targets)
     ref = reference_all_outputs(hidden, weight, targets, None, opts)
     assert torch.equal(ref.is_top1, expected)  # the float64 reference applies trl's rule as written
-    # three splits under the interpreter (one on the torch path): the tie crosses tiles and splits as named
-    out = _all_outputs(case, backend, opts)
+    out = _all_outputs(case, backend, opts, **({} if splits is None else {"num_splits": splits}))
     assert torch.equal(out.is_top1, expected), (out.is_top1, expected)
     # the other outputs are unaffected by ties
     assert rel_err(out.log_sum_sq_probs, ref.log_sum_sq_probs) < FP32_REL
