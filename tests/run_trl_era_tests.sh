@@ -19,7 +19,8 @@ VENV="${FASTGRPO_TRL_ERA_VENV:-${TMPDIR:-/tmp}/fastgrpo-trl-eras-venv}"
 PY="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 # The seams that differ between eras: log-prob method and fused head (parity: the grpo / dapo / vespo losses, the
-# off-policy mask with eval, LoRA, trl's loss math), loss entry point and wiring, patching, the adapter's own tests.
+# off-policy mask with eval, LoRA, trl's loss math), loss entry point and wiring, patching, the adapter's own tests,
+# and (trl >= 1.15) the fused head behind SFT / DPO / KTO / RLOO / async GRPO.
 # test_patch.py's two subprocess tests do not depend on the trl release (the main stage runs them) and are left out.
 TESTS=(
   tests/test_trainer_trl_adapter.py
@@ -32,6 +33,10 @@ TESTS=(
   "tests/test_trainer_parity.py::test_parity_fused_loss[lora_beta]"
   "tests/test_trainer_parity.py::test_parity_fused_loss[eval_off_policy_mask_sequence_no_bias_correction]"
   "tests/test_trainer_parity.py::test_parity_trl_loss_fallback[dapo_ga2_iters2]"
+  # The head seam of every other trainer (trl >= 1.15; skipped on older releases): fastgrpo's add_fused_lm_head
+  # against trl's, and SFT / DPO / KTO / RLOO parity with stock trl.
+  tests/test_trl_head_seam.py
+  tests/test_trl_trainers_parity.py
 )
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then

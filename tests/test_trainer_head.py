@@ -48,7 +48,9 @@ def test_fused_head_matches_model_logits(tmp_path: Path, family: str, kwargs: di
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1] / temperature
     expected = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0] * (labels[:, 1:] != -100)
-    config = install_fused_head(model, FusedHeadConfig(temperature=temperature, outputs=("log_probs", "entropy"), backend="torch"))
+    config = install_fused_head(
+        model, FusedHeadConfig(temperature=temperature, outputs=("log_probs", "entropy"), backend="torch")
+    )
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
     torch.testing.assert_close(out.log_probs, expected, rtol=1e-5, atol=1e-5)

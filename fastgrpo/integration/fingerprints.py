@@ -174,8 +174,9 @@ def version_table() -> str:
         loss = "fastgrpo's fused GRPO loss" if why is None else f"trl's own (fastgrpo's would differ: {why})"
         rows.append(f"| {release} (verified) | fastgrpo | {loss} |")
     rows.append(
-        f"| any other release in `{SUPPORTED_RANGE}` (not verified) | fastgrpo's head where trl's log-prob functions "
-        "are unchanged | trl's own; a WARNING names the functions that differ from the nearest verified release |"
+        f"| any other release in `{SUPPORTED_RANGE}` (not verified) | fastgrpo's head where trl's fused head is "
+        "unchanged (GRPO: and its log-prob functions) | trl's own; a WARNING names the functions that differ from "
+        "the nearest verified release |"
     )
     rows.append(f"| outside `{SUPPORTED_RANGE}` (unsupported) | - | - (the trainer and `patch_trl()` raise an error) |")
     return "\n".join(rows)

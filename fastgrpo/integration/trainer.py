@@ -1,5 +1,8 @@
 """``FastGRPOTrainer`` and ``patch_trl()``: trl's GRPOTrainer with every log-prob pass through fastgrpo.
 
+``patch_trl()`` is the one entry point for trl scripts: besides GRPO (below) it puts fastgrpo's fused head behind
+every other trl trainer that calls trl's ``add_fused_lm_head`` (trl >= 1.15; see :mod:`.trl_head`).
+
 The same functions serve both: ``FastGRPOTrainer`` defines them as its methods, ``patch_trl()`` sets them on trl's
 ``GRPOTrainer`` class itself (so a name imported before patching is covered too) and ``unpatch_trl()`` puts trl's
 own back. Each calls trl's original methods explicitly, never through ``super()``, so the two can be combined.
