@@ -61,11 +61,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wanted = metafunc.config.getoption("bench_impl") or IMPLS
     if "trainer_case" in metafunc.fixturenames:
         trainer_cases = [
-            (s, k, v)
-            for s in state.suite.trainer_shapes
-            for k in s.kinds
-            for v in KIND_VARIANTS[k]
-            if v in wanted
+            (s, k, v) for s in state.suite.trainer_shapes for k in s.kinds for v in KIND_VARIANTS[k] if v in wanted
         ]
         ids = [f"{s.name}-{v}" if k == "grpo" else f"{s.name}-{k}-{v}" for s, k, v in trainer_cases]
         metafunc.parametrize("trainer_case", trainer_cases, ids=ids)

@@ -195,10 +195,32 @@ SUITES: dict[str, Suite] = {
         shapes=(OpShape("dry-n32-h32-v1024", 32, 32, vocab=1024, seq_len=16),),
         accuracy_shape=OpShape("acc-n16-h16-v512", 16, 16, vocab=512, seq_len=8),
         trainer_shapes=(
-            TrainerShape("dry-qwen2-a", 32, 64, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4,
-                         kinds=("grpo", "sft")),
-            TrainerShape("dry-qwen2-b", 48, 96, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4,
-                         kinds=("grpo",)),  # the SFT step's code path once is enough for the dry run
+            TrainerShape(
+                "dry-qwen2-a",
+                32,
+                64,
+                1,
+                2,
+                1,
+                vocab=512,
+                completions=2,
+                completion_len=8,
+                prompt_len=4,
+                kinds=("grpo", "sft"),
+            ),
+            TrainerShape(
+                "dry-qwen2-b",
+                48,
+                96,
+                1,
+                2,
+                1,
+                vocab=512,
+                completions=2,
+                completion_len=8,
+                prompt_len=4,
+                kinds=("grpo",),
+            ),  # the SFT step's code path once is enough for the dry run
         ),  # fmt: skip
         warmup_rounds=0,
         min_rounds=1,
