@@ -28,6 +28,7 @@ from fastgrpo_benchmarks.harness.metrics import (
     tflops,
     timed_rounds,
 )
+from fastgrpo_benchmarks.harness.suites import FORWARD_MODES
 from fastgrpo_benchmarks.peers import Outputs
 from fastgrpo_benchmarks.reports.report import derive, table_lines
 from fastgrpo_benchmarks.reports.summary import summary_lines
@@ -186,6 +187,9 @@ def test_cpu_suite_smoke(tmp_path: Path) -> None:
     for mode in ("fwd", "fwd_bwd", "fwd_bwd_frozen", "grpo"):
         for impl in ("fastgrpo", "trl_chunked", "eager"):
             assert (("op", mode, impl)) in by_key
+    for mode in ("fwd_logp", "fwd_all"):  # trl's optional outputs: fastgrpo and trl only
+        assert by_key[("op", mode, "fastgrpo")]["status"] == by_key[("op", mode, "trl_chunked")]["status"] == "ok"
+        assert ("op", mode, "eager") not in by_key
     assert by_key[("op", "fwd", "cce")]["status"] == "skipped" and by_key[("op", "fwd", "cce")]["reason"]
     for r in rows:
         assert r["status"] in ("ok", "skipped", "failed")
@@ -195,7 +199,7 @@ def test_cpu_suite_smoke(tmp_path: Path) -> None:
     # Every peer is wired to compute the same function: fp32 errors against the float64 reference stay tiny.
     for r in ok_op:
         assert r["err_value"] < 1e-4, r
-        assert r["mode"] == "fwd" or (r["err_grad"] is not None and r["err_grad"] < 1e-4), r
+        assert r["mode"] in FORWARD_MODES or (r["err_grad"] is not None and r["err_grad"] < 1e-4), r
     trl = by_key[("op", "fwd_bwd", "trl_chunked")]
     assert trl["speedup_vs_trl"] == pytest.approx(1.0) and trl["memory_ratio_vs_trl"] == pytest.approx(1.0)
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "table.md").is_file()
