@@ -6,12 +6,13 @@ Same contract as ``torch_backend.forward`` / ``backward``; the custom ops pick o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
-from fastgrpo_kernels import configs
+from fastgrpo_kernels import arch_configs, configs
 from fastgrpo_kernels.common import INTERPRET, transform_args
 from fastgrpo_kernels.linear_logprobs_bwd import linear_logprobs_dlogits_kernel
 from fastgrpo_kernels.linear_logprobs_fwd import combine_splits_kernel, linear_logprobs_fwd_kernel
@@ -108,6 +109,11 @@ def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: tor
 
 
 def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w):
+    if opts.has_extras:  # the outputs' registers: smaller tiles where the table's spill (arch_configs.OUTPUT_TILES)
+        precision = _launch_shape(hidden, weight, compute_dtype)["precision"]
+        arch = launch_config.current().arch(hidden.device)
+        kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
+        cfg = dataclasses.replace(cfg, **arch_configs.output_tiles(arch, kind, precision))
     n, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device

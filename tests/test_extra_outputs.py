@@ -229,3 +229,37 @@ def test_options_keyword_conflict_and_types():
         case.hidden, case.weight, case.targets, options=LogProbOptions(return_is_top1=True), backend="torch"
     )
     assert out.is_top1 is not None and out.log_sum_sq_probs is None
+
+
+def test_frozen_head_forward_with_outputs_takes_its_own_tiles(monkeypatch):
+    """The frozen-head forward with any optional output launches the resolved config updated by
+    ``arch_configs.output_tiles`` (what tools/compile_report.py gates as fwd_softmax_w_outputs); without outputs,
+    the config itself."""
+    from fastgrpo import launch_config, triton_backend
+    from fastgrpo_kernels import arch_configs
+
+    assert arch_configs.output_tiles("sm90", "fwd_softmax_w", "bf16") == {"block_n": 64}
+    assert arch_configs.output_tiles(None, "fwd", "bf16") == {} == arch_configs.output_tiles("sm120", "fwd", "bf16")
+    launched = []
+    real = triton_backend.linear_logprobs_fwd_kernel
+    monkeypatch.setattr(launch_config.LaunchConfigResolver, "arch", lambda self, device: "sm90")
+    monkeypatch.setattr(arch_configs, "OUTPUT_TILES", {"sm90": {"fwd_softmax_w": {"fp32": {"block_n": 32}}}})
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(**kw):
+                launched.append(kw["BLOCK_N"])
+                return real[grid](**kw)
+
+            return launch
+
+    monkeypatch.setattr(triton_backend, "linear_logprobs_fwd_kernel", Spy())
+    case = make_case(*AWKWARD)
+    hidden = case.hidden.clone().requires_grad_()
+    with kernel_overrides("triton"):
+        out = fastgrpo.linear_logprobs(hidden, case.weight, case.targets, backend="triton", return_entropy=True)
+        assert launched == [16]  # the interpreter's config
+        out = fastgrpo.linear_logprobs(hidden, case.weight, case.targets, backend="triton", return_is_top1=True)
+    assert launched == [16, 32]
+    ref = reference_all_outputs(case.hidden, case.weight, case.targets)
+    assert rel_err(out.logp, ref.logp) < FP32_REL and torch.equal(out.is_top1, ref.is_top1)

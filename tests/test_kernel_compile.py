@@ -99,14 +99,17 @@ def test_jobs_cover_the_matrix_with_the_tables_launch_parameters():
     }
     assert seen == expected
     for job in jobs:
-        table = cr.arch_configs.default(cr.ARCHS[job.arch], job.family, job.precision)
+        table = cr.arch_configs.default(cr.ARCHS[job.arch], cr.TABLE_FAMILY.get(job.family, job.family), job.precision)
+        if job.family in cr.OUTPUT_FAMILIES:  # a forward with outputs: the table's fields, some replaced
+            kernel = cr.OUTPUT_FAMILIES[job.family]
+            table = {**table, **cr.arch_configs.output_tiles(cr.ARCHS[job.arch], kernel, job.precision)}
         fields = job.fields
         if job.family == "grpo_loss":
             assert fields["block_b"] * fields["block_t"] == table["max_tile"]
             assert (fields["block_t"], fields["num_warps"]) == (table["max_block_t"], table["num_warps"])
         else:  # the launcher's values, e.g. the combine's warps (4 today, not compile_report's old 8)
             assert all(fields[k] == v for k, v in table.items() if k in fields and k != "use_tma"), (job, table)
-        tma_allowed = job.family in cr.GEMM_FAMILIES and job.precision != "fp32" and job.arch >= 90
+        tma_allowed = cr.is_gemm(job.family) and job.precision != "fp32" and job.arch >= 90
         assert job.load == "ptr" or tma_allowed
     tma = {(j.arch, j.precision, j.family) for j in jobs if j.load == "tma"}
     ptr = {(j.arch, j.precision, j.family) for j in jobs if j.load == "ptr"}

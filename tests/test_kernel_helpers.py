@@ -1,4 +1,5 @@
-"""The shared Triton helpers on their own: grouped launch order, the online-softmax update and the running argmax."""
+"""The shared Triton helpers on their own: grouped launch order and the online-softmax update (with its running
+first argmax)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgrpo_kernels.common import grouped_tile, online_softmax_update, running_argmax
+from fastgrpo_kernels.common import grouped_tile, online_softmax_update
 
 # Triton kernels on CPU tensors: needs the interpreter (tests/conftest.py).
 pytestmark = pytest.mark.interpreter
@@ -46,9 +47,7 @@ def _online_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         z = tl.load(z_ptr + rows[:, None] * V + cols[None, :], mask=cols[None, :] < V, other=float("-inf"))
-        m_old = m
-        m, s, t, q, e, alpha = online_softmax_update(m, s, t, q, z, HAS_T, HAS_Q)
-        arg = running_argmax(arg, m_old, m, z, cols)
+        m, s, t, q, arg, e, alpha = online_softmax_update(m, s, t, q, arg, z, v0, HAS_T, HAS_Q, True)
     tl.store(m_ptr + rows, m)
     tl.store(s_ptr + rows, s)
     tl.store(t_ptr + rows, t)

@@ -54,7 +54,12 @@ GPUS: dict[int, str] = {
 }
 PRECISIONS = ("bf16", "fp16", "fp32", "tf32")  # fp32: exact fp32 operands on FMAs; tf32: fp32 on tensor cores
 GEMM_FAMILIES = ("fwd", "fwd_softmax_w", "bwd")
-FAMILIES = (*GEMM_FAMILIES, "combine", "grpo_loss")
+# The forwards with every optional output (log_sum_sq_probs, mean_logits, is_top1): the same kernel as fwd and
+# fwd_softmax_w, launched with that family's table entry updated by ``arch_configs.output_tiles``. fwd and
+# fwd_softmax_w themselves compile without outputs; combine with every output on (the most registers).
+OUTPUT_FAMILIES = {"fwd_outputs": "fwd", "fwd_softmax_w_outputs": "fwd_softmax_w"}  # -> the table family
+TABLE_FAMILY = OUTPUT_FAMILIES
+FAMILIES = (*GEMM_FAMILIES, *OUTPUT_FAMILIES, "combine", "grpo_loss")
 # What Triton emits for 16-bit / TF32 dots per target (read from the PTX: triton 3.6 and 3.9 alike). sm_75 gets
 # FMAs for every dtype (Triton has no MMA lowering there), which is why the sm75 GEMM entries are the torch path.
 MMA: dict[int, str] = {80: "mma.sync", 86: "mma.sync", 89: "mma.sync", 90: "wgmma", 100: "tcgen05", 120: "mma.sync"}
@@ -86,9 +91,15 @@ _FLOAT_ARGS = {"logit_scale", "softcap", "inv_t"}
 # copies need). Without this, the compiled code is not what a launch runs.
 _UNIT_STRIDES = {"stride_xh", "stride_wh"}
 _DIV16_INTS = {"H", "V", "v_per_split", "stride_xn", "stride_wv", "stride_dyn", "stride_dbn", "c0"}
+# The forward's optional per-token outputs besides entropy: compiled on (fastgrpo_kernels.linear_logprobs_fwd).
+# Pointers to other than fp32 / operand data, as a launch passes them.
+_INDEX_PTRS = {"tgt_ptr": "*i64", "part_arg_ptr": "*i32", "is_top1_ptr": "*u8"}
+_OUTPUT_FLAGS = ("HAS_LOG_SUM_SQ", "HAS_MEAN_LOGITS", "HAS_IS_TOP1")
 _KERNELS = {
     "fwd": linear_logprobs_fwd_kernel,
     "fwd_softmax_w": linear_logprobs_fwd_kernel,
+    "fwd_outputs": linear_logprobs_fwd_kernel,
+    "fwd_softmax_w_outputs": linear_logprobs_fwd_kernel,
     "bwd": linear_logprobs_dlogits_kernel,
     "combine": combine_splits_kernel,
 }
@@ -110,7 +121,7 @@ class Job:
 
     def label(self) -> str:
         p = self.fields
-        if self.family in GEMM_FAMILIES:
+        if is_gemm(self.family):
             return f"{p['block_n']}x{p['block_v']}x{p['block_k']} w{p['num_warps']} s{p['num_stages']}"
         if self.family == "combine":
             return f"{p['block_n']}x{p['block_k']} w{p['num_warps']}"
@@ -138,18 +149,25 @@ def launch_params(arch: int, family: str, precision: str, overrides: dict | None
     (None: no Triton kernel, the torch path). GEMM families: ``KernelConfig`` fields; combine: block_n, block_k,
     num_warps (the launcher's num_stages: Triton's default); GRPO loss: the largest tile the launcher's block sizing
     gives (max_tile elements, rows of max_block_t tokens) and its warps."""
-    fields = arch_configs.default(ARCHS[arch], family, precision)
+    table = TABLE_FAMILY.get(family, family)
+    fields = arch_configs.default(ARCHS[arch], table, precision)
     if fields is None:
         return None
-    cfg = configs.CONFIG_CLASSES[family].from_dict(fields)  # the resolver's config object for this entry
-    if family in GEMM_FAMILIES:
+    cfg = configs.CONFIG_CLASSES[table].from_dict(fields)  # the resolver's config object for this entry
+    if is_gemm(family):
         cfg = dataclasses.replace(cfg, **(overrides or {}))
+        if family in OUTPUT_FAMILIES:  # as fastgrpo/triton_backend.py's _forward
+            cfg = dataclasses.replace(cfg, **arch_configs.output_tiles(ARCHS[arch], table, precision))
         keep = ("block_n", "block_v", "block_k", "group_n", "num_warps", "num_stages", "use_tma")
         return {k: getattr(cfg, k) for k in keep}
     if family == "combine":
         return dict(block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps)
     block_b, block_t = cfg.blocks(1 << 20, 1 << 20)  # the launcher's sizing for a large batch: the largest tile
     return dict(block_b=block_b, block_t=block_t, num_warps=cfg.num_warps)
+
+
+def is_gemm(family: str) -> bool:
+    return family in GEMM_FAMILIES or family in OUTPUT_FAMILIES
 
 
 def jobs_for(
@@ -162,12 +180,12 @@ def jobs_for(
             for family in families:
                 if family == "grpo_loss" and precision == "tf32":
                     continue  # elementwise kernel: fp32 inputs either way
-                params = launch_params(arch, family, precision, overrides if family in GEMM_FAMILIES else None)
+                params = launch_params(arch, family, precision, overrides if is_gemm(family) else None)
                 if params is None:
                     torch_path.append((arch, precision, family))
                     continue
                 loads = ["ptr"]
-                if family in GEMM_FAMILIES and precision != "fp32" and arch >= TMA_MIN_ARCH:
+                if is_gemm(family) and precision != "fp32" and arch >= TMA_MIN_ARCH:
                     loads.append("tma")  # the launcher falls back to pointer loads: both must be clean
                 for load in loads:
                     p = dict(params)
@@ -188,7 +206,7 @@ def _signature(kernel, dtype: str, boxes: dict) -> dict:
             sig[p] = f"tensordesc<{dtype}[{', '.join(map(str, boxes[p]))}]>" if p in boxes else "constexpr"
         elif p.endswith("_ptr"):
             operand = p in ("x_ptr", "w_ptr", "b_ptr", "dy_ptr")
-            sig[p] = f"*{dtype}" if operand else "*i64" if p == "tgt_ptr" else "*fp32"
+            sig[p] = f"*{dtype}" if operand else _INDEX_PTRS.get(p, "*fp32")
         elif p.startswith("stride_"):
             sig[p] = "i64"
         elif p in _INT_ARGS:
@@ -266,11 +284,15 @@ def compile_grpo_loss(
 
 
 def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
-    """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient."""
+    """Every optional feature on (the most registers): bias, softcap, entropy and its gradient, bias gradient, and
+    every optional output (log_sum_sq_probs, mean_logits, is_top1: the all-outputs variant), except for fwd and
+    fwd_softmax_w, whose all-outputs variants are the OUTPUT_FAMILIES (their own launch configs)."""
     dot = dict(DOT_DTYPE=_TL[precision])
     kernel_params = inspect.signature(_KERNELS[family].fn).parameters
     # softcap on: a HAS_SOFTCAP flag, or the first flag of a TRANSFORM tuple where the kernels take one
     common = dict(HAS_BIAS=True, **({"TRANSFORM": (True,)} if "TRANSFORM" in kernel_params else {"HAS_SOFTCAP": True}))
+    outputs = family not in OUTPUT_FAMILIES.values()  # their launches with outputs take the *_outputs configs
+    common.update({flag: outputs for flag in _OUTPUT_FLAGS if flag in kernel_params})
     if family == "combine":
         return dict(common, HAS_ENTROPY=True, HAS_SOFTMAX_W=True, BLOCK_N=p["block_n"], BLOCK_K=p["block_k"], **dot)
     dot["DOT_PRECISION"] = {"fp32": "ieee", "tf32": "tf32"}.get(precision)
@@ -280,7 +302,8 @@ def _lm_head_constexprs(family: str, precision: str, p: dict) -> dict:
     if family == "bwd":
         grads = dict(HAS_LOGP_GRAD=True, HAS_ENTROPY_GRAD=True, HAS_BIAS_GRAD=True)
         return dict(common, **grads, **dot, **blocks)
-    return dict(common, HAS_SOFTMAX_W=family == "fwd_softmax_w", HAS_ENTROPY=True, **dot, **blocks)
+    frozen = TABLE_FAMILY.get(family, family) == "fwd_softmax_w"
+    return dict(common, HAS_SOFTMAX_W=frozen, HAS_ENTROPY=True, **dot, **blocks)
 
 
 def compile_job(job: Job):
@@ -355,7 +378,7 @@ def violations(job: Job, result: Result | str) -> list[str]:
     smem = min(result.smem, limit)  # over the limit is its own violation
     if p["num_warps"] < MIN_WARPS or blocks_per_sm(arch, result.regs, smem, p["num_warps"]) < 1:
         out.append(f"no resident block of >= {MIN_WARPS} warps")
-    if job.family in GEMM_FAMILIES:
+    if is_gemm(job.family):
         tensor_cores = job.precision != "fp32"
         if tensor_cores and result.mma != MMA.get(arch):
             out.append(f"MMA {result.mma}, expected {MMA.get(arch, 'none: no Triton MMA on this target')}")

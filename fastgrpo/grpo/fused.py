@@ -41,9 +41,9 @@ def fused_linear_grpo_loss(
 
     Equivalent to (without ever forming the ``[B, T, V]`` logits)::
 
-        logp, entropies = linear_logprobs(hidden, weight, completion_ids, bias=bias, temperature=temperature,
-                                          logit_scale=logit_scale, softcap=softcap, return_entropy=True)
-        return grpo_loss(logp, advantages, completion_mask, entropies=entropies, **grpo_loss_options)
+        out = linear_logprobs(hidden, weight, completion_ids, bias=bias, temperature=temperature,
+                              logit_scale=logit_scale, softcap=softcap, return_entropy=True)
+        return grpo_loss(out.logp, advantages, completion_mask, entropies=out.entropy, **grpo_loss_options)
 
     Only the tokens where ``completion_mask != 0`` go through the lm_head (gathered into one ``[n, H]`` block, their
     log-probs scattered back into ``[B, T]``; masked positions hold 0 and carry no weight in any loss type), so padding

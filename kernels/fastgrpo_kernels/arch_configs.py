@@ -133,6 +133,35 @@ def _family(
     }
 
 
+# A forward that asks for any optional output (log_sum_sq_probs, mean_logits, is_top1) keeps their running values
+# and tile reductions next to its tiles. Where a "fwd" or "fwd_softmax_w" entry then spills (compiled with every
+# output on: tools/compile_report.py, families fwd_outputs and fwd_softmax_w_outputs), these fields replace the
+# entry's for such launches (``output_tiles``): half the rows. Measured with every output on, triton 3.9 (regs /
+# stack bytes at the table's tile): forward 255/8 with 16-bit and TF32 operands on sm_80/86/89/100/120 (TF32 sm_100
+# 255/80, sm_120 255/16), TF32 on sm_90 255/8; frozen-head forward sm_90 bf16 255/96, sm_100 bf16 255/384, sm_100
+# TF32 (TMA) 255/24, exact fp32 sm_80/86/89 8, sm_90 32, sm_100 48, sm_120 40 bytes. Half the rows: no spills
+# (sm_80 exact fp32 frozen: 32 rows spill 8 B at 3 stages, none at 2; sm_100 TF32 forward: a 32-wide k step too).
+_HALF_16 = dict(block_n=64)
+_HALF_FP32 = dict(block_n=32)
+_FWD_HALF = {"bf16": _HALF_16, "fp16": _HALF_16, "tf32": _HALF_16}
+OUTPUT_TILES: dict[str, dict[str, dict[str, dict]]] = {
+    "sm80": {"fwd": _FWD_HALF, "fwd_softmax_w": {"fp32": dict(block_n=32, num_stages=2)}},
+    "sm86": {"fwd": _FWD_HALF, "fwd_softmax_w": {"fp32": _HALF_FP32}},
+    "sm90": {"fwd": {"tf32": _HALF_16}, "fwd_softmax_w": {"bf16": _HALF_16, "fp16": _HALF_16, "fp32": _HALF_FP32}},
+    "sm100": {
+        "fwd": {**_FWD_HALF, "tf32": dict(block_n=64, block_k=32)},  # 64x128x64 TMA: 16 B at 128 registers
+        "fwd_softmax_w": {"bf16": _HALF_16, "fp16": _HALF_16, "fp32": _HALF_FP32, "tf32": _HALF_16},
+    },
+    "sm120": {"fwd": _FWD_HALF, "fwd_softmax_w": {"fp32": _HALF_FP32}},
+}
+
+
+def output_tiles(arch: str | None, kernel: str, precision: str) -> dict:
+    """Fields replacing a ``kernel`` ("fwd" / "fwd_softmax_w") config's for a launch that asks for any optional
+    output (empty: none)."""
+    return dict(OUTPUT_TILES.get(arch or "", {}).get(kernel, {}).get(precision, {}))
+
+
 # Families no Triton kernel serves (every entry None): the torch path for the whole device, and why (logged once;
 # backend="triton" raises with it).
 TORCH_PATH: dict[str, str] = {

@@ -55,19 +55,34 @@ def logit_transform(y, transform, TRANSFORM: tl.constexpr):
 
 
 @triton.jit
-def online_softmax_update(m, s, t, q, z, HAS_T: tl.constexpr, HAS_Q: tl.constexpr):
-    """Fold one logit tile ``z`` [BLOCK_N, BLOCK_V] (masked entries -inf) into per-row running statistics.
+def online_softmax_update(
+    m, s, t, q, arg, z, v0, HAS_T: tl.constexpr, HAS_Q: tl.constexpr, HAS_ARG: tl.constexpr
+):  # fmt: skip
+    """Fold one logit tile ``z`` [BLOCK_N, BLOCK_V] (masked entries -inf), whose columns are ``v0 + arange(BLOCK_V)``,
+    into per-row running statistics.
 
     ``m`` running max, ``s = sum exp(z - m)``, ``t = sum exp(z - m) * (z - m) * log2(e)``,
-    ``q = sum exp(2 (z - m))`` (all [BLOCK_N], fp32), from which ``lse = m + log(s)``,
-    ``entropy = log(s) - t * ln2 / s`` and ``log(sum p^2) = log(q) - 2 log(s)``. Keeping ``t`` relative to ``m``
-    avoids the cancellation of ``lse - sum(p * z)`` at large logits; ``t`` is in units of the exponent the exp2
-    already computed (no extra multiply per element). ``t`` is accumulated only with ``HAS_T`` (entropy asked), ``q``
-    only with ``HAS_Q`` (log_sum_sq_probs asked); otherwise they pass through unchanged.
-    Returns ``(m_new, s_new, t_new, q_new, e, alpha)`` with ``e = exp(z - m_new)`` (0 at masked entries) and
-    ``alpha = exp(m - m_new)``, the factor any accumulator weighted by ``e`` is rescaled by.
+    ``q = sum exp(2 (z - m))`` (all [BLOCK_N], fp32), ``arg`` the column of the first maximum ([BLOCK_N] int32),
+    from which ``lse = m + log(s)``, ``entropy = log(s) - t * ln2 / s``, ``log(sum p^2) = log(q) - 2 log(s)`` and
+    ``is_top1 = (arg == target)``. Keeping ``t`` relative to ``m`` avoids the cancellation of ``lse - sum(p * z)``
+    at large logits; ``t`` is in units of the exponent the exp2 already computed (no extra multiply per element).
+    ``t``, ``q`` and ``arg`` are updated only with ``HAS_T`` (entropy asked), ``HAS_Q`` (log_sum_sq_probs) and
+    ``HAS_ARG`` (is_top1); otherwise they pass through unchanged.
+
+    ``arg``: the tile's first column equal to the new max replaces it only when the tile raised the max, so an equal
+    maximum in a later tile (or a later split, see ``combine_partials``) keeps the earlier index: trl's ``is_top1``
+    rule, ties to the lowest index. Comparing the same fp32 values that the max was taken over makes the rule exact
+    whatever the rounding of the logits. It is taken before ``e`` exists, so ``z`` need not outlive ``e``.
+
+    Returns ``(m_new, s_new, t_new, q_new, arg_new, e, alpha)`` with ``e = exp(z - m_new)`` (0 at masked entries)
+    and ``alpha = exp(m - m_new)``, the factor any accumulator weighted by ``e`` is rescaled by.
     """
     m_new = tl.maximum(m, tl.max(z, axis=1))  # [BLOCK_N]
+    arg_new = arg
+    if HAS_ARG:
+        local = tl.arange(0, z.shape[1])  # [BLOCK_V]
+        first = tl.min(tl.where(z == m_new[:, None], local[None, :], z.shape[1]), axis=1)  # [BLOCK_N]
+        arg_new = tl.where(m_new > m, v0 + first, arg)
     alpha = tl.exp2((m - m_new) * LOG2E)  # 0 on the first tile (m = -inf)
     x = z * LOG2E - (m_new * LOG2E)[:, None]  # [BLOCK_N, BLOCK_V] (z - m_new) * log2(e), one FFMA; -inf masked
     e = tl.exp2(x)
@@ -82,20 +97,7 @@ def online_softmax_update(m, s, t, q, z, HAS_T: tl.constexpr, HAS_Q: tl.constexp
     q_new = q
     if HAS_Q:
         q_new = (alpha * alpha) * q + tl.sum(e * e, axis=1)  # exp(2(z - m)) = e^2: one FMUL per element
-    return m_new, s_new, t_new, q_new, e, alpha
-
-
-@triton.jit
-def running_argmax(arg, m, m_new, z, cols):
-    """The column of each row's first maximum so far, ``arg`` [BLOCK_N] int32, after folding tile ``z``
-    [BLOCK_N, BLOCK_V] with columns ``cols`` [BLOCK_V] (ascending; masked entries -inf): ``m`` / ``m_new`` are the
-    running max before / after this tile (``online_softmax_update``). The tile's first column equal to ``m_new``
-    replaces ``arg`` only when the tile raised the max, so an equal maximum in a later tile (or a later split, see
-    ``combine_partials``) keeps the earlier index: trl's ``is_top1`` rule, ties to the lowest index. Comparing the
-    same fp32 values that the max was taken over makes the rule exact whatever the rounding of the logits.
-    """
-    first = tl.min(tl.where(z == m_new[:, None], cols[None, :], 2147483647), axis=1)  # [BLOCK_N]
-    return tl.where(m_new > m, first, arg)
+    return m_new, s_new, t_new, q_new, arg_new, e, alpha
 
 
 @triton.jit

@@ -37,7 +37,6 @@ from .common import (
     grouped_tile,
     logit_transform,
     online_softmax_update,
-    running_argmax,
 )
 
 
@@ -213,10 +212,9 @@ def linear_logprobs_fwd_kernel(
         if HAS_MEAN_LOGITS:
             sz += tl.sum(tl.where(col_mask[None, :], z, 0.0), axis=1)
         z = tl.where(col_mask[None, :], z, float("-inf"))
-        m_old = m
-        m, s, t, q, e, alpha = online_softmax_update(m, s, t, q, z, HAS_ENTROPY, HAS_LOG_SUM_SQ)
-        if HAS_IS_TOP1:
-            arg = running_argmax(arg, m_old, m, z, cols)
+        m, s, t, q, arg, e, alpha = online_softmax_update(
+            m, s, t, q, arg, z, v0, HAS_ENTROPY, HAS_LOG_SUM_SQ, HAS_IS_TOP1
+        )
         if HAS_SOFTMAX_W:
             # acc = acc * alpha + (e * dz/dy) @ W[cols]: the rescaled running sum, kept in the split's fp32 slice.
             pe = (e * dz_dy).to(DOT_DTYPE)  # [BLOCK_N, BLOCK_V], 0 at masked columns
