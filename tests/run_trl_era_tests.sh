@@ -47,9 +47,10 @@ else
   "$PY" -m venv "$VENV"
   # torch first and pinned: the local CPU wheel. An unpinned torch would pull multi-GB CUDA wheels.
   "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}"
-  # requests: trl < 1.16 imports it, and huggingface_hub 1.x no longer brings it.
+  # requests: trl < 1.16 imports it, and huggingface_hub 1.x no longer brings it. aiohttp: trl's async GRPO
+  # module imports it (its head call is tested on every release that has it).
   "$VENV/bin/pip" install --quiet --no-compile "torch==${TORCH_VERSION}" "triton==3.9.0" "accelerate==1.15.0" \
-    "peft>=0.15" "pytest>=8" "pytest-benchmark>=4.0" requests
+    "peft>=0.15" "pytest>=8" "pytest-benchmark>=4.0" requests aiohttp
 fi
 # Always (re)install this checkout: a reused venv may point at another clone.
 "$VENV/bin/pip" install --quiet --no-compile --no-deps -e "$ROOT"

@@ -96,6 +96,10 @@ def test_assess_gives_the_three_verdicts() -> None:
     assert not unchanged.fused_loss and unchanged.logps_method and "differ from" in unchanged.reasons[0]
     head = fp.assess("1.99.0", _prints(newest, {"utils.add_fused_lm_head": "0badc0de"}))
     assert (head.fused_loss, head.logps_method, head.fused_head) == (False, False, False)
+    # trl's head kernel (its optional outputs) changed: trl's own head in every trainer, GRPO's log-probs included.
+    for name in ("kernels.ChunkedLogProbFunction", "kernels._forward_tile", "utils.FusedCausalLMOutput"):
+        kernel = fp.assess("1.99.0", _prints(newest, {name: "0badc0de"}))
+        assert not kernel.fused_head and not kernel.logps_method and kernel.changed == (name,), name
     # Unreadable source never matches.
     assert not fp.assess(newest, _prints(newest, {"GRPOTrainer.compute_loss": fp.NO_SOURCE})).fused_loss
     for version, why in fp.LOSS_NOT_VERIFIED.items():
