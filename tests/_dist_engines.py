@@ -47,13 +47,15 @@ def fsdp2_config(separate_head: bool) -> dict[str, Any]:
 
 
 # Runs per launch: (run name, model variant, engine kind, beta). One torchrun launch per key; DDP trains every
-# reference run the other kinds are compared with (same model and beta: see reference_run).
+# reference run the other kinds are compared with (same model and beta: see reference_run). Runs named "sft-..."
+# train trl's SFTTrainer (stock, and built under fastgrpo.patch_trl()) instead of GRPO (beta unused).
 RUNS: dict[str, list[tuple[str, str, str, float]]] = {
     "ddp": [
         ("v4096", "v4096", "ddp", 0.04),
         ("v4096-noref", "v4096", "ddp", 0.0),
         ("v4096-tied", "v4096-tied", "ddp", 0.04),
         ("v151936", "v151936", "ddp", 0.04),
+        ("sft-v4096", "v4096", "ddp", 0.0),
     ],
     "deepspeed": [
         ("v4096", "v4096", "zero2", 0.04),
@@ -61,14 +63,21 @@ RUNS: dict[str, list[tuple[str, str, str, float]]] = {
         ("v4096-noref", "v4096", "zero3", 0.0),
         ("v4096-tied", "v4096-tied", "zero3", 0.04),
         ("v151936", "v151936", "zero3", 0.04),
+        ("sft-v4096", "v4096", "zero3", 0.0),
     ],
     "fsdp2": [
         ("v4096", "v4096", "fsdp2", 0.04),
         ("v4096-head", "v4096", "fsdp2-head", 0.04),
         ("v4096-tied", "v4096-tied", "fsdp2", 0.04),
         ("v151936-head", "v151936", "fsdp2-head", 0.04),
+        ("sft-v4096-head", "v4096", "fsdp2-head", 0.0),
     ],
 }
+
+
+def trainer_kind(run: str) -> str:
+    """ "sft" for the SFTTrainer runs, "grpo" for the others."""
+    return "sft" if run.startswith("sft-") else "grpo"
 
 
 def engine_kwargs(kind: str) -> dict[str, Any]:

@@ -1,15 +1,18 @@
-"""Worker for test_distributed_engines.py: trains stock trl and FastGRPOTrainer under one engine, in one launch.
+"""Worker for test_distributed_engines.py: trains stock trl and fastgrpo under one engine, in one launch.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 tests/_dist_worker.py LAUNCH MODELS_DIR OUT_DIR [RUNS]
 LAUNCH is one of _dist_engines.LAUNCHES; every run of _dist_engines.RUNS[LAUNCH] trains stock trl, then fastgrpo
-(fp32, SGD, 2 steps, dapo, num_iterations 2). Rank 0 writes OUT_DIR/{kind}-{run}-{stock,fast}.pt with the log
-history, the full (gathered) trained parameters and facts showing the engine was really active.
+(fp32, SGD, 2 steps). GRPO runs: GRPOTrainer vs FastGRPOTrainer, dapo, num_iterations 2. SFT runs ("sft-..."): trl's
+SFTTrainer, stock and built under ``fastgrpo.patch_trl()``. Rank 0 writes OUT_DIR/{kind}-{run}-{stock,fast}.pt with
+the log history, the full (gathered) trained parameters and facts showing the engine was really active and whose
+head ran.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ def _engine_facts(trainer: Any, kind: str) -> dict[str, Any]:
         "is_fsdp2": bool(getattr(accelerator, "is_fsdp2", False)),
     }
     models = {"policy": accelerator.unwrap_model(trainer.model)}
-    if trainer.ref_model is not None:
+    if getattr(trainer, "ref_model", None) is not None:
         models["ref"] = accelerator.unwrap_model(trainer.ref_model)
     for role, model in models.items():
         weight = model.get_output_embeddings().weight
@@ -64,11 +67,14 @@ def _full_parameters(trainer: Any) -> dict[str, Any]:
 
 
 class _FullTensorCalls:
-    """Counts ``DTensor.full_tensor`` calls on weights (the fused heads gather a sharded FSDP2 head with it). Scalars
-    are not counted: recent accelerate (1.15, 1.16; not 1.10.1) clips gradients DTensor-aware and gathers the grad
-    norm (a 0-dim DTensor) with ``full_tensor()`` at every optimizer step, whichever head runs."""
+    """Counts ``DTensor.full_tensor`` calls on parameters (the fused heads gather a sharded FSDP2 head with it).
+
+    Calls on other DTensors are not counted: accelerate >= 1.16 gathers the DTensor gradient norms of
+    ``clip_grad_norm_`` with ``full_tensor()`` in every FSDP2 run.
+    """
 
     def __init__(self) -> None:
+        import torch
         from torch.distributed.tensor import DTensor
 
         self.count = 0
@@ -77,9 +83,10 @@ class _FullTensorCalls:
         counter = self
 
         def full_tensor(self: Any, *, grad_placements: Any = None) -> Any:
-            if self.ndim > 0:
-                counter.count += 1
-                counter.grad_placements.append(str(grad_placements))
+            if not isinstance(self, torch.nn.Parameter):
+                return counter._original(self, grad_placements=grad_placements)
+            counter.count += 1
+            counter.grad_placements.append(str(grad_placements))
             return counter._original(self, grad_placements=grad_placements)
 
         DTensor.full_tensor = full_tensor  # type: ignore[method-assign]
@@ -112,48 +119,131 @@ class _count_own_gathers:  # noqa: N801 - used like a function
         head._GatheredLinearLogProbs.apply = self._original  # type: ignore[method-assign]
 
 
-def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, models_dir: Path, out: Path) -> None:
+class _HeadCalls:
+    """Counts calls of fastgrpo's head (``linear_logprobs`` as its fused head calls it) and, in stock runs only, of
+    trl's chunked head (``trl.trainer.utils._ChunkedLogProbFunction``; not replaced in fastgrpo runs, whose trl
+    fingerprints would see the stand-in): which head a run really used."""
+
+    def __init__(self, count_trl: bool) -> None:
+        import trl.trainer.utils as trl_utils
+
+        import fastgrpo.integration.head as head
+
+        self.trl = self.fastgrpo = 0
+        self.count_trl = count_trl
+        self._trl_fn, self._fast_fn = trl_utils._ChunkedLogProbFunction, head.linear_logprobs
+        counter, trl_fn, fast_fn = self, self._trl_fn, self._fast_fn
+
+        class CountingChunked:
+            @staticmethod
+            def apply(*args: Any) -> Any:
+                counter.trl += 1
+                return trl_fn.apply(*args)
+
+        def counting_fast(*args: Any, **kwargs: Any) -> Any:
+            counter.fastgrpo += 1
+            return fast_fn(*args, **kwargs)
+
+        if count_trl:
+            trl_utils._ChunkedLogProbFunction = CountingChunked
+        head.linear_logprobs = counting_fast
+
+    def close(self) -> None:
+        import trl.trainer.utils as trl_utils
+
+        import fastgrpo.integration.head as head
+
+        trl_utils._ChunkedLogProbFunction, head.linear_logprobs = self._trl_fn, self._fast_fn
+
+
+def _fastgrpo_head_installed(trainer: Any) -> bool:
+    from fastgrpo.integration.head import fused_head_config
+
+    return fused_head_config(trainer.accelerator.unwrap_model(trainer.model)) is not None
+
+
+def _make_sft(variant: str, kind: str, models_dir: Path, output_dir: str) -> Any:
+    """trl's SFTTrainer on 16 truncated texts (4 per rank and step); built under patch_trl() for fastgrpo."""
     import torch
     from _dist_engines import engine_kwargs
+    from _sft_dpo_data import sft_config, sft_dataset
+    from trl import SFTTrainer
+
+    args = sft_config(
+        output_dir,
+        max_steps=2,
+        ddp_backend="gloo",
+        per_device_train_batch_size=4,
+        model_init_kwargs={"dtype": torch.float32},
+        **engine_kwargs(kind),
+    )
+    return SFTTrainer(model=str(models_dir / variant), args=args, train_dataset=sft_dataset(16))
+
+
+def _train(run: str, variant: str, kind: str, beta: float, trainer_name: str, models_dir: Path, out: Path) -> None:
+    import torch
+    from _dist_engines import engine_kwargs, trainer_kind
     from _parity import base_config
     from _tiny import id_reward, prompt_dataset
     from accelerate.state import AcceleratorState
     from trl import GRPOTrainer
 
+    import fastgrpo
     from fastgrpo import FastGRPOTrainer
 
+    output_dir = str(out / f"run-{kind}-{run}-{trainer_name}")
+    sft = trainer_kind(run) == "sft"
     cls, extra = (GRPOTrainer, {}) if trainer_name == "stock" else (FastGRPOTrainer, {"fastgrpo_backend": "torch"})
-    args = base_config(
-        str(out / f"run-{kind}-{run}-{trainer_name}"),
-        loss_type="dapo",
-        beta=beta,
-        num_iterations=2,
-        max_steps=2,
-        ddp_backend="gloo",
-        per_device_train_batch_size=4,
-        num_generations=4,
-        model_init_kwargs={"dtype": torch.float32},
-        **engine_kwargs(kind),
+    args = (
+        None
+        if sft
+        else base_config(
+            output_dir,
+            loss_type="dapo",
+            beta=beta,
+            num_iterations=2,
+            max_steps=2,
+            ddp_backend="gloo",
+            per_device_train_batch_size=4,
+            num_generations=4,
+            model_init_kwargs={"dtype": torch.float32},
+            **engine_kwargs(kind),
+        )
     )
+    began = time.monotonic()
     calls = _FullTensorCalls()
     own_gathers = _count_own_gathers()
+    heads = _HeadCalls(count_trl=trainer_name == "stock")
+    patched = sft and trainer_name == "fast"
+    if patched:
+        fastgrpo.patch_trl(backend="torch")
     try:
         # The model goes in as a path, as a user's hub id would: under ZeRO-3 trl loads it inside zero.Init.
-        trainer = cls(
-            model=str(models_dir / variant),
-            reward_funcs=id_reward,
-            args=args,
-            train_dataset=prompt_dataset(8),
-            **extra,
-        )
+        if sft:
+            trainer = _make_sft(variant, kind, models_dir, output_dir)
+        else:
+            trainer = cls(
+                model=str(models_dir / variant),
+                reward_funcs=id_reward,
+                args=args,
+                train_dataset=prompt_dataset(8),
+                **extra,
+            )
         trainer.train()
+        fused_head_installed = _fastgrpo_head_installed(trainer)
     finally:
         calls.close()
         own_gathers.close()
+        heads.close()
+        if patched:
+            fastgrpo.unpatch_trl()
     facts = _engine_facts(trainer, kind)
     facts["full_tensor_calls"] = calls.count
     facts["fastgrpo_zero3_gathers"] = own_gathers.count
     facts["full_tensor_grad_placements"] = sorted(set(calls.grad_placements))
+    facts["trl_head_calls"], facts["fastgrpo_head_calls"] = heads.trl, heads.fastgrpo
+    facts["fastgrpo_head_installed"] = fused_head_installed
+    facts["wall_s"] = round(time.monotonic() - began, 2)  # this run's cost inside the launch (CI time)
     weights = _full_parameters(trainer)
     if int(os.environ["RANK"]) == 0:
         record = {"logs": trainer.state.log_history, "weights": weights, "facts": facts}

@@ -28,6 +28,7 @@ from fastgrpo_benchmarks.harness.metrics import (
     tflops,
     timed_rounds,
 )
+from fastgrpo_benchmarks.harness.suites import FORWARD_MODES
 from fastgrpo_benchmarks.peers import Outputs
 from fastgrpo_benchmarks.reports.report import derive, table_lines
 from fastgrpo_benchmarks.reports.summary import summary_lines
@@ -123,12 +124,16 @@ def test_trainer_rows_without_timing_and_summary() -> None:
     step = {**_row("fastgrpo", "fwd", 2.0, 3 * 2**20), "case": "trainer", "mode": "step", "flops": None}
     fit = {"case": "trainer", "shape": "s", "mode": "max_len@24GiB", "impl": "fastgrpo", "status": "ok",
            "reason": "", "note": "", "max_completion_len": 8192}  # fmt: skip
-    rows = derive([step, fit], matmul_tflops=1.0)
+    sft = {**step, "mode": "sft_step", "median_s": 1.0}
+    sft_trl = {**sft, "impl": "trl_chunked", "median_s": 3.0}
+    rows = derive([step, fit, sft, sft_trl], matmul_tflops=1.0)
     assert rows[0]["median_ms"] == pytest.approx(2000.0) and "tflops" not in rows[0]
+    assert rows[2]["speedup_vs_trl"] == pytest.approx(3.0)  # SFT step against trl's SFT step, not GRPO's
     assert any("8192" in line for line in table_lines(rows))
     payload = {"environment": {"device_name": "dev", "versions": {"torch": "x"}}, "matmul_tflops": 1.0, "rows": rows}
     text = "\n".join(summary_lines(payload))
-    assert "| s | fastgrpo | 2000.0 | 3 | 8192 |" in text
+    assert "| s | grpo | fastgrpo | 2000.0 | 3 | 8192 |" in text
+    assert "| s | sft | fastgrpo | 1000.0 | 3 | - |" in text  # no memory-budget search for SFT
 
 
 def test_retained_bytes_counts_each_storage_once() -> None:
@@ -182,6 +187,9 @@ def test_cpu_suite_smoke(tmp_path: Path) -> None:
     for mode in ("fwd", "fwd_bwd", "fwd_bwd_frozen", "grpo"):
         for impl in ("fastgrpo", "trl_chunked", "eager"):
             assert (("op", mode, impl)) in by_key
+    for mode in ("fwd_logp", "fwd_all"):  # trl's optional outputs: fastgrpo and trl only
+        assert by_key[("op", mode, "fastgrpo")]["status"] == by_key[("op", mode, "trl_chunked")]["status"] == "ok"
+        assert ("op", mode, "eager") not in by_key
     assert by_key[("op", "fwd", "cce")]["status"] == "skipped" and by_key[("op", "fwd", "cce")]["reason"]
     for r in rows:
         assert r["status"] in ("ok", "skipped", "failed")
@@ -191,7 +199,7 @@ def test_cpu_suite_smoke(tmp_path: Path) -> None:
     # Every peer is wired to compute the same function: fp32 errors against the float64 reference stay tiny.
     for r in ok_op:
         assert r["err_value"] < 1e-4, r
-        assert r["mode"] == "fwd" or (r["err_grad"] is not None and r["err_grad"] < 1e-4), r
+        assert r["mode"] in FORWARD_MODES or (r["err_grad"] is not None and r["err_grad"] < 1e-4), r
     trl = by_key[("op", "fwd_bwd", "trl_chunked")]
     assert trl["speedup_vs_trl"] == pytest.approx(1.0) and trl["memory_ratio_vs_trl"] == pytest.approx(1.0)
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "table.md").is_file()
@@ -286,6 +294,43 @@ def test_readme_performance_section_is_generated_from_committed_results() -> Non
     assert readme.current_section(REPO / "README.md") == readme.section(), stale
     folders = [folder.name for folder, _ in readme.committed_results()]
     assert folders and all(name not in readme.NOT_COMMITTED for name in folders)
+
+
+def test_all_outputs_and_trainer_step_targets() -> None:
+    """fwd_all against fastgrpo's own log-probs-alone forward (<= 1.05x); SFT / DPO steps against stock trl's."""
+    from fastgrpo_benchmarks.reports.targets import evaluate, report_lines
+
+    def step(shape, mode, impl, ms, status="ok"):
+        return {**_op_row(shape, mode, impl, ms, 1, status=status), "case": "trainer"}
+
+    rows = [
+        _op_row("a", "fwd_logp", "fastgrpo", 10.0, 1),
+        _op_row("a", "fwd_logp", "trl_chunked", 9.0, 1),  # trl's own log-probs alone are not the denominator
+        _op_row("a", "fwd_all", "fastgrpo", 10.4, 1),  # 1.04x: met
+        _op_row("b", "fwd_logp", "fastgrpo", 10.0, 1),
+        _op_row("b", "fwd_all", "fastgrpo", 10.6, 1),  # 1.06x: missed
+        _op_row("c", "fwd_all", "fastgrpo", 10.0, 1),  # no fwd_logp row: not measured
+        step("t", "sft_step", "fastgrpo", 90.0),
+        step("t", "sft_step", "trl_chunked", 100.0),  # 1.11x: met
+        step("t", "dpo_step", "fastgrpo", 110.0),
+        step("t", "dpo_step", "trl_chunked", 100.0),  # 0.91x: missed
+        step("u", "sft_step", "fastgrpo", 0.0, status="failed"),
+        step("u", "sft_step", "trl_chunked", 100.0),
+        step("t", "step", "fastgrpo", 50.0),  # GRPO's step has no trainer target here
+        step("t", "step", "trl_chunked", 100.0),
+    ]
+    got = {(r["shape"], r["mode"]): r for r in evaluate({"rows": rows})}
+    assert got[("a", "fwd_all")]["got"] == pytest.approx(1.04) and got[("a", "fwd_all")]["met"]
+    assert got[("b", "fwd_all")]["got"] == pytest.approx(1.06) and not got[("b", "fwd_all")]["met"]
+    assert got[("c", "fwd_all")]["got"] is None and not got[("c", "fwd_all")]["met"]
+    assert ("a", "fwd_logp") not in got
+    assert got[("t", "sft_step")]["got"] == pytest.approx(100 / 90) and got[("t", "sft_step")]["met"]
+    assert got[("t", "dpo_step")]["got"] == pytest.approx(100 / 110) and not got[("t", "dpo_step")]["met"]
+    assert got[("u", "sft_step")]["got"] is None and not got[("u", "sft_step")]["met"]
+    assert ("t", "step") not in got
+    text = "\n".join(report_lines({"rows": rows, "environment": {"device_name": "test"}}))
+    assert "| a | fwd_all | time / log-probs alone | <= 1.05x | 1.040x | met |" in text
+    assert "| t | sft_step | trainer step speed-up vs trl 1.16 | > 1x | 1.11x | met |" in text
 
 
 def _stage_record(stage: str, index: int, result: dict, status: str = "ok") -> dict:

@@ -1,11 +1,13 @@
-"""DeepSpeed ZeRO-2/3 and FSDP2 on CPU (2 gloo processes): FastGRPOTrainer ends where DDP ends.
+"""DeepSpeed ZeRO-2/3 and FSDP2 on CPU (2 gloo processes): FastGRPOTrainer, and trl's SFTTrainer under
+``fastgrpo.patch_trl()``, end where DDP ends.
 
 One torchrun launch per engine family (``_dist_engines.LAUNCHES``) trains stock trl and fastgrpo for every run in
 sequence (``_dist_worker.py``); the tests read what rank 0 saved. Each run is compared with the DDP run of the same
-model and beta (stock trl under DDP: gradients all-reduced and averaged): trained weights within 1e-5 absolute and
-logged grad_norm within 1e-4 relative. Stock trl under the same engine is measured against DDP too and reported,
-not asserted (with the lm_head in an FSDP unit of its own, trl's head gradients are not averaged over ranks).
-Each test also asserts that its engine really ran: FSDP2 on with DTensor heads, ZeRO-3 heads partitioned.
+trainer, model and beta (stock trl under DDP: gradients all-reduced and averaged): trained weights within 1e-5
+absolute and logged grad_norm within 1e-4 relative. Stock trl under the same engine is measured against DDP too and
+reported, not asserted (with the lm_head in an FSDP unit of its own, trl's head gradients are not averaged over
+ranks). Each test also asserts that its engine really ran (FSDP2 on with DTensor heads, ZeRO-3 heads partitioned)
+and, for the SFT runs, whose head ran (trl's in the stock run, fastgrpo's in the patched one).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from _dist_engines import LAUNCHES, MODELS, RUNS, reference_run
+from _dist_engines import LAUNCHES, MODELS, RUNS, reference_run, trainer_kind
 from _parity import tokenizer_dir
 
 pytestmark = pytest.mark.stage
@@ -121,6 +123,14 @@ def _assert_engine_active(kind: str, run: str, facts: dict[str, Any], vocab: int
             assert facts["full_tensor_calls"] == 0, facts
 
 
+def _assert_heads(run: str, stock: dict[str, Any], fast: dict[str, Any]) -> None:
+    """SFT runs: the stock run used trl's head only, the patched run fastgrpo's (GRPO: FastGRPOTrainer's own)."""
+    if trainer_kind(run) != "sft":
+        return
+    assert stock["facts"]["trl_head_calls"] > 0 and stock["facts"]["fastgrpo_head_calls"] == 0, stock["facts"]
+    assert fast["facts"]["fastgrpo_head_installed"] and fast["facts"]["fastgrpo_head_calls"] > 0, fast["facts"]
+
+
 _CASES = [(launch, kind, run) for launch in LAUNCHES if launch != "ddp" for run, _, kind, _ in RUNS[launch]]
 
 
@@ -132,6 +142,7 @@ def test_engine_matches_ddp(work_dir: Path, launch: str, kind: str, run: str) ->
     vocab = MODELS[variant]["vocab_size"]
     for record in (stock, fast):
         _assert_engine_active(kind, run, record["facts"], vocab, 16, ref=beta > 0)
+    _assert_heads(run, stock, fast)
     fast_w, fast_g = _differences(fast, ref)
     stock_w, stock_g = _differences(stock, ref)
     line = {"kind": kind, "run": run, "fast_vs_ddp": [fast_w, fast_g], "stock_vs_ddp": [stock_w, stock_g]}
@@ -155,6 +166,7 @@ def test_ddp_references(work_dir: Path, run: str) -> None:
     variant, beta = next((v, b) for r, v, _, b in RUNS["ddp"] if r == run)
     for record in (stock, fast):
         _assert_engine_active("ddp", run, record["facts"], MODELS[variant]["vocab_size"], 16, ref=beta > 0)
+    _assert_heads(run, stock, fast)
     weight_diff, grad_diff = _differences(fast, stock)
     print("DIST-DIFF " + json.dumps({"kind": "ddp", "run": run, "fast_vs_ddp": [weight_diff, grad_diff]}))
     assert weight_diff <= WEIGHT_ATOL and grad_diff <= GRAD_NORM_RTOL, (weight_diff, grad_diff)

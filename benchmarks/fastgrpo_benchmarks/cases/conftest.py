@@ -21,7 +21,7 @@ from ..harness.environment import describe
 from ..harness.failures import failure_lines
 from ..harness.state import BenchState, OpCase
 from ..harness.suites import IMPLS, SUITES, default_results_dir, resolve_suite
-from ..harness.trainer_setup import TRAINER_VARIANTS
+from ..harness.trainer_setup import KIND_VARIANTS
 from ..reports.plots import write_plots
 from ..reports.report import derive, notes_lines, table_lines, write_results
 
@@ -60,8 +60,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     state = metafunc.config.stash[_STATE_KEY]
     wanted = metafunc.config.getoption("bench_impl") or IMPLS
     if "trainer_case" in metafunc.fixturenames:
-        trainer_cases = [(s, v) for s in state.suite.trainer_shapes for v in TRAINER_VARIANTS if v in wanted]
-        metafunc.parametrize("trainer_case", trainer_cases, ids=[f"{s.name}-{v}" for s, v in trainer_cases])
+        trainer_cases = [
+            (s, k, v) for s in state.suite.trainer_shapes for k in s.kinds for v in KIND_VARIANTS[k] if v in wanted
+        ]
+        ids = [f"{s.name}-{v}" if k == "grpo" else f"{s.name}-{k}-{v}" for s, k, v in trainer_cases]
+        metafunc.parametrize("trainer_case", trainer_cases, ids=ids)
     if "op_case" not in metafunc.fixturenames:
         return
     cases = [

@@ -1,5 +1,6 @@
-"""Trainer-step cases: one GRPO optimisation step per trainer variant, and (GPU) the longest completion that fits a
-memory budget. Rows of the same table (``case = "trainer"``), ``mode`` = ``step`` or ``max_len@<budget>GiB``."""
+"""Trainer-step cases: one optimisation step per trainer kind (GRPO, SFT, DPO: the suite's ``trainer_kinds``) and
+variant, and (GPU, GRPO) the longest completion that fits a memory budget. Rows of the same table
+(``case = "trainer"``), ``mode`` = ``step`` (GRPO), ``sft_step``, ``dpo_step`` or ``max_len@<budget>GiB``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..harness.failures import distribution_installed, failure_reason, is_out_of
 from ..harness.memory import measure_memory
 from ..harness.state import BenchState
 from ..harness.trainer_budget import longest_fitting_completion
-from ..harness.trainer_setup import StepRunner, synthetic_batch
+from ..harness.trainer_setup import KIND_MODES, StepRunner, synthetic_batch
 
 
 def _row(bench: BenchState, shape: Any, variant: str, mode: str) -> dict[str, Any]:
@@ -40,23 +41,23 @@ class _Outputs:
         return set()
 
 
-def test_trainer_step(benchmark: Any, bench: BenchState, trainer_case: tuple[Any, str]) -> None:
-    shape, variant = trainer_case
-    row = _row(bench, shape, variant, "step")
+def test_trainer_step(benchmark: Any, bench: BenchState, trainer_case: tuple[Any, str, str]) -> None:
+    shape, kind, variant = trainer_case
+    row = _row(bench, shape, variant, KIND_MODES[kind])
     if reason := bench.out_of_time():
         bench.record(**row, status="skipped", reason=reason)
         pytest.skip(reason)
-    if not distribution_installed("trl"):  # both variants build trl's GRPOTrainer
+    if not distribution_installed("trl"):  # every variant builds a trl trainer
         reason = f"{variant} trainer not available: trl not installed"
         bench.record(**row, status="skipped", reason=reason)
         pytest.skip(reason)
     try:
-        runner = StepRunner(variant, shape, bench.device)
+        runner = StepRunner(variant, shape, bench.device, kind)
     except Exception as exc:  # trl is installed: an ImportError or a crash building the trainer is a failure
         bench.record(**row, status="failed", reason=failure_reason(exc))
         raise
     try:
-        batch = synthetic_batch(shape, shape.completion_len, bench.device)
+        batch = synthetic_batch(shape, shape.completion_len, bench.device, kind=kind)
         runner.step(batch)  # warm-up: optimizer state, kernels compiled
         suite = bench.suite
         benchmark.pedantic(runner.step, args=(batch,), rounds=max(1, min(3, suite.max_rounds)),
@@ -71,7 +72,7 @@ def test_trainer_step(benchmark: Any, bench: BenchState, trainer_case: tuple[Any
         }
         benchmark.extra_info.update(metrics)
         bench.record(**row, status="ok", reason="", **metrics)
-        if bench.suite.memory_budget_gib > 0:
+        if bench.suite.memory_budget_gib > 0 and kind == "grpo":
             budget = bench.suite.memory_budget_gib
             length = longest_fitting_completion(runner, shape, budget)
             bench.record(**_row(bench, shape, variant, f"max_len@{budget:g}GiB"), status="ok", reason="",

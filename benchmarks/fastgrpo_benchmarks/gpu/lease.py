@@ -52,8 +52,10 @@ STAGES: list[Stage] = [
         ("device_name", "driver", "clocks", "versions", "git_commit", "wheels", "triton_cache"),
     ),
     Stage("correctness", 75, 150, "correctness:run", ("checks", "passed")),
-    Stage("ops", 185, 150, "stages:ops", ("suite", "matmul_tflops", "rows", "targets"), salvage="stages:salvage_rows"),
-    Stage("trainer", 110, 150, "stages:trainer", ("suite", "rows"), salvage="stages:salvage_rows"),
+    Stage("ops", 180, 150, "stages:ops", ("suite", "matmul_tflops", "rows", "targets"), salvage="stages:salvage_rows"),
+    # GRPO and SFT steps at two shapes (the SFT step: issue 20); 20 s more than the GRPO steps alone had, not measured
+    # on a GPU yet: cases past the budget are recorded as skipped.
+    Stage("trainer", 130, 150, "stages:trainer", ("suite", "rows"), salvage="stages:salvage_rows"),
     Stage("tune", 30, 150, "stages:tune", ("entries", "log"), salvage="stages:salvage_tune", fill=True),
     # Other work that needs a GPU check adds a Stage before the fill stage (tune), which takes the time left; 2 of the
     # device tool's 8 file slots are free.

@@ -17,7 +17,7 @@ from ..peers.base import Outputs, Runner
 from .grpo_math import grpo_loss_from_logps
 from .inputs import InputSet, make_input_set, make_weight
 from .metrics import max_abs_error
-from .suites import OpShape
+from .suites import FORWARD_MODES, OpShape
 
 
 def _scaled_error(got: torch.Tensor | None, ref: torch.Tensor | None) -> float:
@@ -29,13 +29,13 @@ def _scaled_error(got: torch.Tensor | None, ref: torch.Tensor | None) -> float:
 
 def reference_outputs(s: InputSet, mode: str) -> Outputs:
     """The float64 ground truth of one call of ``mode`` on ``s``."""
-    h = s.hidden.detach().double().requires_grad_(mode != "fwd")
+    h = s.hidden.detach().double().requires_grad_(mode not in FORWARD_MODES)
     w = s.weight.detach().double().requires_grad_(mode in ("fwd_bwd", "grpo"))
     logp, _ = reference_linear_logprobs(
         h.reshape(-1, h.shape[-1]), w, s.targets.reshape(-1), None, LogProbOptions(), torch.float64
     )
     logp = logp.view(s.targets.shape)
-    if mode == "fwd":
+    if mode in FORWARD_MODES:
         return Outputs(logp.detach(), None, None)
     if mode == "grpo":
         loss = grpo_loss_from_logps(logp, s.ref_logp.double(), s.advantages.double(), s.mask)
@@ -55,7 +55,7 @@ def measure_errors(runner: Runner, mode: str, shape: OpShape, dtype: torch.dtype
         err_value = abs(got.value.double().item() - ref.value.item()) / (abs(ref.value.item()) or 1.0)
     else:
         err_value = (got.value.double() - ref.value).abs().max().item()
-    if mode == "fwd":
+    if mode in FORWARD_MODES:
         return err_value, float("nan")
     grads = [_scaled_error(got.grad_hidden, ref.grad_hidden)]
     if mode in ("fwd_bwd", "grpo"):

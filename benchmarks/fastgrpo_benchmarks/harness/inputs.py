@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .suites import OpShape
+from .suites import FORWARD_MODES, OpShape
 
 
 @dataclass
@@ -52,7 +52,7 @@ def make_input_set(shape: OpShape, weight: torch.Tensor, mode: str, seed: int) -
     advantages = torch.randn(b, device=device, dtype=torch.float32, generator=gen)
     # Near the policy's own log-probs (about -log V here), so the k3 KL stays in its usual range.
     ref_logp = -math.log(shape.vocab) + 0.3 * torch.randn(b, t, device=device, dtype=torch.float32, generator=gen)
-    hidden.requires_grad_(mode != "fwd")
+    hidden.requires_grad_(mode not in FORWARD_MODES)
     weight.requires_grad_(mode in ("fwd_bwd", "grpo"))
     weight.grad = None
     return InputSet(hidden, weight, targets, grad_logp, mask, advantages, ref_logp)

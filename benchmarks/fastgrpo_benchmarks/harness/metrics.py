@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-GEMMS_PER_MODE = {"fwd": 1, "fwd_bwd": 4, "fwd_bwd_frozen": 2, "grpo": 4}
+GEMMS_PER_MODE = {"fwd": 1, "fwd_logp": 1, "fwd_all": 1, "fwd_bwd": 4, "fwd_bwd_frozen": 2, "grpo": 4}
 
 
 def model_flops(mode: str, tokens: int, hidden: int, vocab: int) -> int:

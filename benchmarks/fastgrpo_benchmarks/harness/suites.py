@@ -11,9 +11,13 @@ QWEN_VOCAB = 151936
 # Hidden sizes of Qwen2.5 0.5B / 1.5B / 7B.
 QWEN_HIDDEN = {"0.5B": 896, "1.5B": 1536, "7B": 3584}
 
-# Op-level modes: log-probs (+ entropy, for logging, as trl computes it) without grad; with a trainable head; with a
-# frozen head (LoRA); the whole GRPO loss (log-probs + k3 KL + clipped objective) forward + backward.
-MODES = ("fwd", "fwd_bwd", "fwd_bwd_frozen", "grpo")
+# Op-level modes: log-probs (+ entropy, for logging, as trl computes it) without grad; log-probs alone, and with all
+# five per-token outputs of trl's head (log-probs, entropy, log sum p^2, mean logit, is-top-1), without grad (fastgrpo
+# and trl only: OUTPUT_MODES); with a trainable head; with a frozen head (LoRA); the whole GRPO loss (log-probs + k3
+# KL + clipped objective) forward + backward.
+MODES = ("fwd", "fwd_logp", "fwd_all", "fwd_bwd", "fwd_bwd_frozen", "grpo")
+FORWARD_MODES = ("fwd", "fwd_logp", "fwd_all")  # no gradient
+OUTPUT_MODES = ("fwd_logp", "fwd_all")  # the cost of trl's optional outputs
 # Implementations, in table order. "trl_chunked" is the baseline every ratio is taken against.
 IMPLS = ("fastgrpo", "trl_chunked", "eager", "liger_fused", "liger_triton", "cce")
 BASELINE = "trl_chunked"
@@ -51,6 +55,8 @@ class TrainerShape:
     completion_len: int = 1024
     prompt_len: int = 64
     tied: bool = True  # Qwen2.5 0.5B and 1.5B tie the lm_head to the embeddings
+    # Trainer steps at this shape (harness/trainer_setup.py: "grpo", "sft", "dpo").
+    kinds: tuple[str, ...] = ("grpo", "sft", "dpo")
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,12 @@ class Suite:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _qwen_trainer_shapes(completion_len: int, layers: int | None = None) -> tuple[TrainerShape, ...]:
+def _qwen_trainer_shapes(
+    completion_len: int, layers: int | None = None, kinds: tuple[str, ...] = ("grpo", "sft", "dpo")
+) -> tuple[TrainerShape, ...]:
     return (
-        TrainerShape("qwen2.5-0.5b", 896, 4864, layers or 24, 14, 2, completion_len=completion_len),
-        TrainerShape("qwen2.5-1.5b", 1536, 8960, layers or 28, 12, 2, completion_len=completion_len),
+        TrainerShape("qwen2.5-0.5b", 896, 4864, layers or 24, 14, 2, completion_len=completion_len, kinds=kinds),
+        TrainerShape("qwen2.5-1.5b", 1536, 8960, layers or 28, 12, 2, completion_len=completion_len, kinds=kinds),
     )
 
 
@@ -162,14 +170,15 @@ SUITES: dict[str, Suite] = {
     ),
     # The GPU lease's op and trainer stages (benchmarks/fastgrpo_benchmarks/gpu/lease.py): the "gpu" grid with fewer
     # rounds, the smaller
-    # N first (cases past the stage's budget are recorded as skipped), stock trl vs fastgrpo in the trainer step.
+    # N first (cases past the stage's budget are recorded as skipped), stock trl vs fastgrpo in the GRPO and SFT
+    # trainer steps.
     "lease": Suite(
         name="lease",
         device="cuda",
         dtype="bfloat16",
         shapes=tuple(sorted(_gpu_shapes((4096, 16384)), key=lambda s: s.tokens)),
         accuracy_shape=OpShape("acc-n256-h512-v151936", 256, 512, seq_len=64),
-        trainer_shapes=_qwen_trainer_shapes(1024),
+        trainer_shapes=_qwen_trainer_shapes(1024, kinds=("grpo", "sft")),  # the lease's 8 minutes: no DPO step
         memory_budget_gib=24.0,
         warmup_rounds=1,
         min_rounds=3,
@@ -186,9 +195,33 @@ SUITES: dict[str, Suite] = {
         shapes=(OpShape("dry-n32-h32-v1024", 32, 32, vocab=1024, seq_len=16),),
         accuracy_shape=OpShape("acc-n16-h16-v512", 16, 16, vocab=512, seq_len=8),
         trainer_shapes=(
-            TrainerShape("dry-qwen2-a", 32, 64, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
-            TrainerShape("dry-qwen2-b", 48, 96, 1, 2, 1, vocab=512, completions=2, completion_len=8, prompt_len=4),
-        ),
+            TrainerShape(
+                "dry-qwen2-a",
+                32,
+                64,
+                1,
+                2,
+                1,
+                vocab=512,
+                completions=2,
+                completion_len=8,
+                prompt_len=4,
+                kinds=("grpo", "sft"),
+            ),
+            TrainerShape(
+                "dry-qwen2-b",
+                48,
+                96,
+                1,
+                2,
+                1,
+                vocab=512,
+                completions=2,
+                completion_len=8,
+                prompt_len=4,
+                kinds=("grpo",),
+            ),  # the SFT step's code path once is enough for the dry run
+        ),  # fmt: skip
         warmup_rounds=0,
         min_rounds=1,
         max_rounds=1,

@@ -1,11 +1,17 @@
-"""Offline GRPO trainers for the trainer-step case: random Qwen2.5-shaped models, a tokenizer trained in-process,
-synthetic completions (no generation), and one optimisation step through the trainer's own ``compute_loss``.
+"""Offline trl trainers for the trainer-step case: random Qwen2.5-shaped models, a tokenizer trained in-process,
+synthetic batches (no generation, no collator), and one optimisation step through the trainer's own ``compute_loss``.
 
-Variants: ``trl_chunked`` = stock trl 1.16 ``GRPOTrainer`` (its chunked head); ``eager`` = the same trainer with the
-materialized-logits op of trl <= 1.13 put in place of the chunked head (trl 1.10-1.14 cannot be installed next to
-1.16 in one environment; the device image has no registry to build a second one); ``fastgrpo`` =
-``fastgrpo.FastGRPOTrainer``. trl's defaults (dapo, beta = 0), bf16 weights on GPU, gradient checkpointing on (as on
-small GPUs, so the head's memory is what differs), AdamW.
+Trainer kinds (``TRAINER_KINDS``): ``grpo`` (``GRPOTrainer``, trl's defaults: dapo, beta = 0; row mode ``step``),
+``sft`` (``SFTTrainer``, nll on the completion tokens; mode ``sft_step``) and ``dpo`` (``DPOTrainer``, sigmoid loss
+with a reference model, ``completions // 2`` preference pairs so a step scores as many tokens as GRPO's; mode
+``dpo_step``).
+
+Variants: ``trl_chunked`` = the stock trl 1.16 trainer (its chunked head); ``eager`` (GRPO only) = the same trainer
+with the materialized-logits op of trl <= 1.13 put in place of the chunked head (trl 1.10-1.14 cannot be installed
+next to 1.16 in one environment; the device image has no registry to build a second one); ``fastgrpo`` =
+``fastgrpo.FastGRPOTrainer`` for GRPO, and trl's own SFT / DPO trainer built while ``fastgrpo.patch_trl()`` is in
+effect (undone when the runner closes). bf16 weights on GPU, gradient checkpointing on (as on small GPUs, so the
+head's memory is what differs), AdamW.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 TRAINER_VARIANTS = ("fastgrpo", "trl_chunked", "eager")
+TRAINER_KINDS = ("grpo", "sft", "dpo")
+# The variants each kind runs, and its rows' ``mode``.
+KIND_VARIANTS = {"grpo": TRAINER_VARIANTS, "sft": ("fastgrpo", "trl_chunked"), "dpo": ("fastgrpo", "trl_chunked")}
+KIND_MODES = {"grpo": "step", "sft": "sft_step", "dpo": "dpo_step"}
 
 
 def build_tokenizer() -> Any:
@@ -66,10 +76,52 @@ def build_model(shape: TrainerShape, device: str, tokenizer: Any, seed: int = 0)
     return model
 
 
-def make_trainer(variant: str, shape: TrainerShape, device: str, out_dir: str) -> Any:
+def _common_args(device: str, out_dir: str, batch: int) -> dict[str, Any]:
+    return dict(
+        output_dir=out_dir,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-6,
+        bf16=device == "cuda",
+        use_cpu=device != "cuda",
+        gradient_checkpointing=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+
+
+def make_sft_dpo_trainer(kind: str, shape: TrainerShape, device: str, out_dir: str) -> Any:
+    """trl's SFTTrainer / DPOTrainer around a fresh random model (DPO: a copy of it as the reference model)."""
+    import copy
+
+    from datasets import Dataset
+
+    tokenizer = build_tokenizer()
+    model = build_model(shape, device, tokenizer)
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**_common_args(device, out_dir, shape.completions))
+        dataset = Dataset.from_dict({"text": ["What is 2 + 3? The answer is 5."] * shape.completions})
+        return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = max(1, shape.completions // 2)
+    args = DPOConfig(**_common_args(device, out_dir, pairs))
+    dataset = Dataset.from_dict({"prompt": ["What is 2 + 3?"] * pairs, "chosen": [" 5"] * pairs,
+                                 "rejected": [" 6"] * pairs})  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def make_trainer(variant: str, shape: TrainerShape, device: str, out_dir: str, kind: str = "grpo") -> Any:
     """Construct the variant's trainer around a fresh random model; raises ImportError if the variant is missing."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    if kind != "grpo":
+        return make_sft_dpo_trainer(kind, shape, device, out_dir)
 
     if variant == "fastgrpo":
         from fastgrpo import FastGRPOTrainer as trainer_cls
@@ -101,10 +153,27 @@ def make_trainer(variant: str, shape: TrainerShape, device: str, out_dir: str) -
     )
 
 
-def synthetic_batch(shape: TrainerShape, completion_len: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """What ``_generate_and_score_completions`` would hand ``compute_loss``: ids, masks, advantages, token count."""
+def synthetic_batch(
+    shape: TrainerShape, completion_len: int, device: str, seed: int = 0, kind: str = "grpo"
+) -> dict[str, torch.Tensor]:
+    """What the trainer's data path would hand ``compute_loss``. GRPO (``_generate_and_score_completions``): ids,
+    masks, advantages, token count. SFT (its collator, completion-only loss): ``input_ids``, ``attention_mask`` and
+    ``labels`` at -100 on the prompt. DPO (its preference collator): chosen rows then rejected rows of ``input_ids``,
+    ``attention_mask`` and ``completion_mask``."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     b = shape.completions
+    if kind != "grpo":
+        length = shape.prompt_len + completion_len
+        rows = b if kind == "sft" else 2 * max(1, b // 2)
+        ids = torch.randint(0, shape.vocab, (rows, length), generator=gen)
+        completion = torch.zeros(rows, length, dtype=torch.int64)
+        completion[:, shape.prompt_len :] = 1
+        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if kind == "sft":
+            out["labels"] = ids.masked_fill(completion == 0, -100)
+        else:
+            out["completion_mask"] = completion
+        return {k: v.to(device) for k, v in out.items()}
     completion_mask = torch.ones(b, completion_len, dtype=torch.int64)
     return {
         "prompt_ids": torch.randint(0, shape.vocab, (b, shape.prompt_len), generator=gen).to(device),
@@ -141,6 +210,11 @@ class EagerLogProbs:
         return logp, entropy, None, None, None
 
 
+def fastgrpo_backend(device: str) -> str:
+    # On CPU the torch path, whatever TRITON_INTERPRET says (as the op cases: peers/fastgrpo.py).
+    return "auto" if device == "cuda" else "torch"
+
+
 @contextlib.contextmanager
 def variant_context(variant: str) -> Iterator[None]:
     """Put the eager op in place of trl's chunked head for the ``eager`` variant, and restore it afterwards."""
@@ -158,13 +232,32 @@ def variant_context(variant: str) -> Iterator[None]:
 
 
 class StepRunner:
-    """One GRPO optimisation step (loss, backward, AdamW step, zero grads) of a trainer on a fixed batch."""
+    """One optimisation step (loss, backward, AdamW step, zero grads) of a trainer on a fixed batch."""
 
-    def __init__(self, variant: str, shape: TrainerShape, device: str) -> None:
-        self.variant, self.shape, self.device = variant, shape, device
+    def __init__(self, variant: str, shape: TrainerShape, device: str, kind: str = "grpo") -> None:
+        if variant not in KIND_VARIANTS.get(kind, ()):
+            raise ValueError(f"no {variant!r} variant of the {kind!r} trainer step; choose one of {KIND_VARIANTS}")
+        self.variant, self.shape, self.device, self.kind = variant, shape, device, kind
         self._tmp = tempfile.TemporaryDirectory(prefix="fastgrpo-bench-")
-        with variant_context(variant):
-            self.trainer = make_trainer(variant, shape, device, self._tmp.name)
+        self._patched = False
+        if kind != "grpo" and variant == "fastgrpo":
+            import fastgrpo
+
+            # trl's SFT / DPO trainers install their fused head at construction: patched then, unpatched in close().
+            fastgrpo.patch_trl(backend=fastgrpo_backend(device))
+            self._patched = True
+        try:
+            with variant_context(variant):
+                self.trainer = make_trainer(variant, shape, device, self._tmp.name, kind)
+            if self._patched:
+                from fastgrpo.integration.head import fused_head_config
+
+                # A fastgrpo row must time fastgrpo's head, never trl's under fastgrpo's name.
+                if fused_head_config(self.trainer.model) is None:
+                    raise RuntimeError(f"fastgrpo.patch_trl() did not put fastgrpo's head on trl's {kind} trainer")
+        except BaseException:
+            self._unpatch()
+            raise
         self.model = self.trainer.model
         # Set by Trainer's training loop, which this step bypasses; read by trl's loss normalisation.
         self.trainer.current_gradient_accumulation_steps = 1
@@ -175,12 +268,20 @@ class StepRunner:
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         with variant_context(self.variant):
-            loss = self.trainer.compute_loss(self.model, batch)
+            loss = self.trainer.compute_loss(self.model, dict(batch))  # SFT's compute_loss adds keys to its inputs
             loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
+    def _unpatch(self) -> None:
+        if self._patched:
+            import fastgrpo
+
+            fastgrpo.unpatch_trl()
+            self._patched = False
+
     def close(self) -> None:
         del self.trainer, self.model, self.optimizer
+        self._unpatch()
         self._tmp.cleanup()

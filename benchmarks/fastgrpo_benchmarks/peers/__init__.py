@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..harness.suites import OUTPUT_MODES
 from . import cce, eager, fastgrpo, liger, trl
 from .base import Outputs, Runner, Unavailable
 
@@ -17,10 +18,14 @@ BUILDERS: dict[str, Callable[[str, str], Runner]] = {
 }
 # Implementations that exist only for the GRPO mode: no row at all in the op modes (not a skip).
 GRPO_ONLY = ("liger_fused", "liger_triton")
+# The modes that measure trl's optional per-token outputs: only the heads that offer them have rows there.
+OUTPUT_MODE_IMPLS = ("fastgrpo", "trl_chunked")
 NOTES = {"cce": cce.NOTE}
 
 
 def applies(impl: str, mode: str) -> bool:
+    if mode in OUTPUT_MODES:
+        return impl in OUTPUT_MODE_IMPLS
     return mode == "grpo" or impl not in GRPO_ONLY
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..harness.grpo_math import grpo_loss_from_logps
 from ..harness.inputs import InputSet
+from ..harness.suites import FORWARD_MODES
 
 
 class Unavailable(Exception):
@@ -83,7 +84,7 @@ def on_flat_tokens(op: FlatLogProbFn) -> LogProbFn:
 def logprob_runner(mode: str, flat: LogProbFn) -> Runner:
     """Wrap a log-prob op into a runner for ``mode``; entropy is for logging (no grad), as trl computes it."""
 
-    if mode == "fwd":
+    if mode in FORWARD_MODES:  # which outputs the op computes is the op's business (fwd_logp, fwd_all)
 
         def run(s: InputSet) -> Outputs:
             with torch.no_grad():

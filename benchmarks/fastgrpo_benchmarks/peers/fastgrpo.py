@@ -9,6 +9,13 @@ from ..harness.grpo_math import SETTINGS
 from ..harness.inputs import InputSet
 from .base import Outputs, Runner, logprob_runner, on_flat_tokens
 
+# The outputs each forward mode asks for (the others: log-probs and entropy): log-probs alone, or all five.
+MODE_OUTPUTS: dict[str, dict[str, bool]] = {
+    "fwd_logp": {"return_entropy": False},
+    "fwd_all": {"return_entropy": True, "return_log_sum_sq_probs": True, "return_mean_logits": True,
+                "return_is_top1": True},
+}  # fmt: skip
+
 
 def backend_for(device: str) -> str:
     # On CPU the torch path, whatever TRITON_INTERPRET says: the interpreter is a correctness tool, not a peer.
@@ -23,9 +30,10 @@ def build(mode: str, device: str, backend: str | None = None) -> Runner:
     if mode == "grpo":
         return _grpo_runner(backend)
 
-    def op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = fastgrpo.linear_logprobs(hidden, weight, targets, return_entropy=True, backend=backend)  # type: ignore[arg-type]
-        assert out.entropy is not None
+    flags = MODE_OUTPUTS.get(mode, {"return_entropy": True})
+
+    def op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = fastgrpo.linear_logprobs(h, weight, targets, backend=backend, **flags)  # type: ignore[arg-type]
         return out.logp, out.entropy
 
     return logprob_runner(mode, on_flat_tokens(op))

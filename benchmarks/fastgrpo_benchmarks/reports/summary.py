@@ -55,15 +55,20 @@ def summary_lines(payload: dict[str, Any], figure: str | None = None) -> list[st
     if trainer:
         lines += [
             "",
-            "| trainer step | variant | ms | peak extra MiB | max completion length |",
-            "|---|---|---|---|---|",
+            "| trainer step | trainer | variant | ms | peak extra MiB | max completion length |",
+            "|---|---|---|---|---|---|",
         ]
         for r in trainer:
-            if r["mode"] != "step":
+            if not r["mode"].endswith("step"):
                 continue
-            fit = next((t for t in trainer if t["shape"] == r["shape"] and t["impl"] == r["impl"] and t is not r), {})
+            fit = {}
+            if r["mode"] == "step":  # the memory-budget search runs for the GRPO step only
+                fit = next((t for t in trainer if t["shape"] == r["shape"] and t["impl"] == r["impl"]
+                            and t["mode"].startswith("max_len")), {})  # fmt: skip
+            kind = "grpo" if r["mode"] == "step" else r["mode"].removesuffix("_step")
             peak = f"{r['peak_extra_bytes'] / 2**20:.0f}" if r.get("status") == "ok" else r.get("reason", "")
-            lines.append(f"| {r['shape']} | {r['impl']} | {_ms(r)} | {peak} | {fit.get('max_completion_len', '-')} |")
+            lines.append(f"| {r['shape']} | {kind} | {r['impl']} | {_ms(r)} | {peak} | "
+                         f"{fit.get('max_completion_len', '-')} |")  # fmt: skip
     if figure:
         lines += ["", f"![speed-up against trl 1.16's chunked head]({figure})"]
     return lines
