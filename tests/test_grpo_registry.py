@@ -259,7 +259,8 @@ def test_launch_config_is_chosen_in_one_function(monkeypatch):
 
     def tiny(per_token_logps):
         seen.append((*per_token_logps.shape, per_token_logps.device.type))
-        return launch.LaunchConfig(block_b=2, block_t=8, num_warps=1)  # 4 programs, 5 token tiles per row
+        # 4 programs, 5 token tiles per row
+        return launch.LaunchConfig(block_b=2, block_t=8, num_warps=1, enable_fp_fusion=True)
 
     monkeypatch.setattr(launch, "_launch_config", tiny)
     out = grpo_loss(x, adv, mask, **kwargs)
