@@ -77,6 +77,7 @@ def build_model(shape: TrainerShape, device: str, tokenizer: Any, seed: int = 0)
 
 
 def _common_args(device: str, out_dir: str, batch: int) -> dict[str, Any]:
+    """TrainingArguments keywords every trainer step shares (GRPO, SFT, DPO): same precision, checkpointing, lr."""
     return dict(
         output_dir=out_dir,
         per_device_train_batch_size=batch,
@@ -130,18 +131,9 @@ def make_trainer(variant: str, shape: TrainerShape, device: str, out_dir: str, k
     tokenizer = build_tokenizer()
     model = build_model(shape, device, tokenizer)
     args = GRPOConfig(
-        output_dir=out_dir,
-        per_device_train_batch_size=shape.completions,
+        **_common_args(device, out_dir, shape.completions),
         num_generations=shape.completions,
         max_completion_length=shape.completion_len,
-        learning_rate=1e-6,
-        bf16=device == "cuda",
-        use_cpu=device != "cuda",
-        gradient_checkpointing=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
     )
     dataset = Dataset.from_dict({"prompt": ["What is 2 + 3?"] * shape.completions})
     return trainer_cls(
