@@ -18,7 +18,6 @@ from fastgrpo import env
 
 from .. import peers
 from ..harness.environment import describe
-from ..harness.failures import failure_lines
 from ..harness.state import BenchState, OpCase
 from ..harness.suites import IMPLS, SUITES, default_results_dir, resolve_suite
 from ..harness.trainer_setup import KIND_VARIANTS
@@ -118,5 +117,3 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         plots = write_plots(out_dir, rows, f"{env['device_name']}, {state.suite.dtype}, {env['date_utc']}")
     tr.write_line(f"results: {', '.join(str(p) for p in paths.values())}")
     tr.write_line(plots if isinstance(plots, str) else f"plots: {len(plots)} PNG files in {out_dir}")
-    for line in failure_lines(state.rows):  # last: what crashed (pytest's exit code is non-zero then)
-        tr.write_line(line, red=True)

@@ -117,12 +117,11 @@ def make_sft_dpo_trainer(kind: str, shape: TrainerShape, device: str, out_dir: s
 
 
 def make_trainer(variant: str, shape: TrainerShape, device: str, out_dir: str, kind: str = "grpo") -> Any:
-    """Construct the variant's trainer around a fresh random model; raises ImportError if the variant is missing."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
+    """Construct the variant's trainer around a fresh random model (SFT / DPO: ``make_sft_dpo_trainer``)."""
     if kind != "grpo":
         return make_sft_dpo_trainer(kind, shape, device, out_dir)
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
 
     if variant == "fastgrpo":
         from fastgrpo import FastGRPOTrainer as trainer_cls
