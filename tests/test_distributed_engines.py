@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +22,13 @@ import pytest
 import torch
 from _dist_engines import LAUNCHES, MODELS, RUNS, reference_run, trainer_kind
 from _parity import tokenizer_dir
+from _torchrun import torchrun_cmd
 
 pytestmark = pytest.mark.stage
 HERE = Path(__file__).resolve().parent
 WEIGHT_ATOL = 1e-5
 GRAD_NORM_RTOL = 1e-4
 _LAUNCHED: dict[str, str] = {}  # launch -> why it failed ("" when it did not)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +68,7 @@ def _run_launch(launch: str, root: Path) -> str:
         "DS_ACCELERATOR": "cpu",
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), str(HERE / "_dist_worker.py"), launch, str(root / "models"), str(out)]
+    cmd = torchrun_cmd(str(HERE / "_dist_worker.py"), launch, str(root / "models"), str(out))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         return f"{launch} launch failed (rc={proc.returncode}):\n" + proc.stdout[-3000:] + proc.stderr[-12000:]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 from _dist_tp_worker import HIDDEN
+from _torchrun import torchrun_cmd
 
 pytestmark = pytest.mark.stage
 HERE = Path(__file__).resolve().parent
@@ -29,12 +29,6 @@ WEIGHT_ATOL = 1e-6
 # each rank. It is the embedding's, not the head's, and outside fastgrpo: reported, not counted.
 EMBEDDING_OPS = ("aten.embedding_dense_backward",)
 _LAUNCHED: dict[str, str] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +51,7 @@ def _run(mode: str, root: Path) -> str:
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     worker = [str(HERE / "_dist_tp_worker.py"), mode, str(root / "models"), str(root / "out")]
-    if mode == "tp":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-        cmd += ["--master_port", str(_free_port()), *worker]
-    else:
-        cmd = [sys.executable, *worker]
+    cmd = torchrun_cmd(*worker) if mode == "tp" else [sys.executable, *worker]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     why = ""
     if proc.returncode != 0:

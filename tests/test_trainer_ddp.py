@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _parity import Case, RunResult, compare, make_model_dir
+from _torchrun import torchrun_cmd
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_two_gloo_processes_match_stock_trl(tmp_path: Path) -> None:
@@ -27,20 +20,7 @@ def test_ddp_two_gloo_processes_match_stock_trl(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(HERE)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(HERE / "_ddp_worker.py"),
-        str(model_dir),
-        str(out),
-    ]
+    cmd = torchrun_cmd(str(HERE / "_ddp_worker.py"), str(model_dir), str(out))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     runs = {

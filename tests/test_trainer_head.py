@@ -13,19 +13,12 @@ import pytest
 import torch
 from _parity import tokenizer_dir
 from _tiny import build_model
+from _torchrun import free_port
 
 from fastgrpo.integration import head as head_module
 from fastgrpo.integration.head import FusedHeadConfig, fused_head_config, install_fused_head, uninstall_fused_head
 
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +139,7 @@ def test_fsdp2_dtensor_head_is_gathered(tmp_path: Path) -> None:
             from _tiny import build_model
             from fastgrpo.integration.head import FusedHeadConfig, install_fused_head
 
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={str(_free_port())!r}, RANK="0", WORLD_SIZE="1")
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={str(free_port())!r}, RANK="0", WORLD_SIZE="1")
             dist.init_process_group("gloo")
             _, tok = tokenizer_dir()
             model = build_model({str(tmp_path / "m")!r}, tok)
