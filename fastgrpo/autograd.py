@@ -26,7 +26,7 @@ class LinearLogProbsFunction(torch.autograd.Function):
     ):
         # Entropy is often returned for logging only: keep its incoming gradient None rather than zeros.
         ctx.set_materialize_grads(False)
-        logp, entropy, lse, softmax_w, target_scale, log_sum_sq, mean_logits, is_top1 = logprobs_forward(
+        logp, entropy, lse, softmax_w, target_scale, log_sum_sq, mean_logits, is_top1, _, _ = logprobs_forward(
             hidden, weight, bias, targets, opts, accumulate_softmax_w, compute_dtype, backend
         )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy, softmax_w, target_scale)

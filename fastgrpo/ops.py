@@ -51,31 +51,37 @@ def _impl(backend: str):
     return torch_backend
 
 
-# ---- forward: (hidden, weight, bias, targets, *options, accumulate_softmax_w, compute_dtype, backend)
+# ---- forward: (hidden, weight, bias, targets, *options, accumulate_softmax_w, return_row_argmax, compute_dtype,
+#                backend). return_row_argmax: the row max and its first column, which a vocabulary shard exchanges
+#                for is_top1 under tensor parallelism (vocab_parallel.py); internal, not a LogProbOptions field.
 _FWD_TENSORS = 4
+_FWD_OUTPUTS = 10
 _FWD_SCHEMA = (
     f"(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, {OPTIONS_SCHEMA}, bool accumulate_softmax_w, "
-    "ScalarType compute_dtype, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    f"bool return_row_argmax, ScalarType compute_dtype, str backend) -> ({', '.join(['Tensor'] * _FWD_OUTPUTS)})"
 )
 
 
 def _fwd_args(args: tuple) -> tuple:
-    """(tensors, options, accumulate_softmax_w, compute_dtype, backend) from the op's flat arguments."""
+    """(tensors, options, accumulate_softmax_w, return_row_argmax, compute_dtype, backend) from the op's flat
+    arguments."""
     k = _FWD_TENSORS + len(OPTION_FIELDS)
     return args[:_FWD_TENSORS], _rebuild(args[_FWD_TENSORS:k]), *args[k:]
 
 
 @torch.library.custom_op("fastgrpo::linear_logprobs_fwd", mutates_args=(), schema=_FWD_SCHEMA)
 def linear_logprobs_fwd(*args):
-    (hidden, weight, bias, targets), opts, accumulate_softmax_w, compute_dtype, backend = _fwd_args(args)
+    (hidden, weight, bias, targets), opts, accumulate_softmax_w, row_argmax, compute_dtype, backend = _fwd_args(args)
     # The caller resolved autocast into compute_dtype; inside, every op runs at the precision the backend chose.
     with torch.autocast(hidden.device.type, enabled=False):
-        return _impl(backend).forward(hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w)
+        return _impl(backend).forward(
+            hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w, return_row_argmax=row_argmax
+        )
 
 
 @linear_logprobs_fwd.register_fake
 def _(*args):
-    (hidden, _, _, _), opts, accumulate_softmax_w, _, _ = _fwd_args(args)
+    (hidden, _, _, _), opts, accumulate_softmax_w, row_argmax, _, _ = _fwd_args(args)
     n, h = hidden.shape
     f = lambda *shape: hidden.new_empty(shape, dtype=torch.float32)  # noqa: E731
     return (
@@ -87,6 +93,8 @@ def _(*args):
         f(n if opts.return_log_sum_sq_probs else 0),
         f(n if opts.return_mean_logits else 0),
         hidden.new_empty(n if opts.return_is_top1 else 0, dtype=torch.bool),
+        f(n if row_argmax else 0),
+        hidden.new_empty(n if row_argmax else 0, dtype=torch.int32),
     )
 
 
@@ -99,11 +107,12 @@ def logprobs_forward(
     accumulate_softmax_w: bool,
     compute_dtype: torch.dtype,
     backend: str,
+    return_row_argmax: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)`` through the forward
-    custom op (see ``torch_backend.forward``)."""
+    """``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1, row_max, argmax)``
+    through the forward custom op (see ``torch_backend.forward``)."""
     return linear_logprobs_fwd(
-        hidden, weight, bias, targets, *_flatten(opts), accumulate_softmax_w, compute_dtype, backend
+        hidden, weight, bias, targets, *_flatten(opts), accumulate_softmax_w, return_row_argmax, compute_dtype, backend
     )
 
 

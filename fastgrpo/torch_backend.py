@@ -70,10 +70,13 @@ def forward(
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     accumulate_softmax_w: bool,
+    return_row_argmax: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)``: entropy and
-    the last three empty unless asked in ``opts``, softmax_w and target_scale empty unless accumulated; is_top1 bool,
-    the others in the accumulation dtype."""
+    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1, row_max,
+    argmax)``: entropy and log_sum_sq_probs / mean_logits / is_top1 empty unless asked in ``opts``, softmax_w and
+    target_scale empty unless accumulated, row_max (``z.amax(-1)``) and argmax (its first column, int32) empty unless
+    ``return_row_argmax``; is_top1 bool, the others in the accumulation dtype. row_max / argmax are written at every
+    row, ignored or not: a vocabulary shard's statistics (see ``vocab_parallel``)."""
     n_tok, h = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
@@ -86,6 +89,9 @@ def forward(
     log_sum_sq = torch.empty(n_tok if opts.return_log_sum_sq_probs else 0, **f32)
     mean_logits = torch.empty(n_tok if opts.return_mean_logits else 0, **f32)
     is_top1 = torch.empty(n_tok if opts.return_is_top1 else 0, device=dev, dtype=torch.bool)
+    row_max = torch.empty(n_tok if return_row_argmax else 0, **f32)
+    argmax = torch.empty(n_tok if return_row_argmax else 0, device=dev, dtype=torch.int32)
+    track_arg = opts.return_is_top1 or return_row_argmax
     token_chunk, vocab_chunk = _chunks(n_tok, vocab, h)
     valid_all = targets != opts.ignore_index
 
@@ -101,7 +107,7 @@ def forward(
         acc = torch.zeros((r1 - r0, h), **f32) if accumulate_softmax_w else None
         q = torch.zeros(r1 - r0, **f32) if opts.return_log_sum_sq_probs else None
         sum_z = torch.zeros(r1 - r0, **f32) if opts.return_mean_logits else None
-        arg = torch.zeros(r1 - r0, device=dev, dtype=torch.long) if opts.return_is_top1 else None
+        arg = torch.zeros(r1 - r0, device=dev, dtype=torch.long) if track_arg else None
         for c0 in range(0, vocab, vocab_chunk):
             c1 = min(c0 + vocab_chunk, vocab)
             w = _operand(weight[c0:c1], compute_dtype)
@@ -145,12 +151,15 @@ def forward(
             log_sum_sq[r0:r1] = torch.where(valid, torch.log(q) - 2.0 * torch.log(s), zero)
         if sum_z is not None:
             mean_logits[r0:r1] = torch.where(valid, sum_z / vocab, zero)
-        if arg is not None:
+        if opts.return_is_top1:
             is_top1[r0:r1] = valid & (arg == tgt)
+        if return_row_argmax:
+            row_max[r0:r1] = m
+            argmax[r0:r1] = arg
         if acc is not None:
             softmax_w[r0:r1] = acc.div_(s[:, None])
             target_scale[r0:r1] = a_tgt
-    return logp, entropy, lse, softmax_w, target_scale, log_sum_sq, mean_logits, is_top1
+    return logp, entropy, lse, softmax_w, target_scale, log_sum_sq, mean_logits, is_top1, row_max, argmax
 
 
 def check_weight_in_backward(hidden: torch.Tensor, weight: torch.Tensor) -> None:

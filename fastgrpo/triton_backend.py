@@ -74,13 +74,16 @@ def forward(
     opts: LogProbOptions,
     compute_dtype: torch.dtype,
     accumulate_softmax_w: bool,
+    return_row_argmax: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1)``, as
-    ``torch_backend.forward`` does: fp32 (is_top1 bool), empty unless asked / accumulated."""
+    """Returns ``(logp, entropy, lse, softmax_w, target_scale, log_sum_sq_probs, mean_logits, is_top1, row_max,
+    argmax)``, as ``torch_backend.forward`` does: fp32 (is_top1 bool, argmax int32), empty unless asked."""
     _check_dtype(compute_dtype)
     hidden, weight = _interpreter_operands(compute_dtype, hidden, weight)
     kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
-    run = lambda cfg: _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w)  # noqa: E731
+    run = lambda cfg: _forward(  # noqa: E731
+        cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w, return_row_argmax
+    )
     with _on_device(hidden.device):
         return launch_config.current().launch(kind, run, **_launch_shape(hidden, weight, compute_dtype))
 
@@ -108,8 +111,10 @@ def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: tor
     )
 
 
-def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w):
-    if opts.has_extras:  # the outputs' registers: smaller tiles where the table's spill (arch_configs.OUTPUT_TILES)
+def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w, row_argmax):
+    track_arg = opts.return_is_top1 or row_argmax  # the forward kernel tracks each split's first argmax
+    # The outputs' registers: smaller tiles where the table's spill (arch_configs.OUTPUT_TILES)
+    if opts.has_extras or row_argmax:
         precision = _launch_shape(hidden, weight, compute_dtype)["precision"]
         kind = "fwd_softmax_w" if accumulate_softmax_w else "fwd"
         cfg = launch_config.current().with_outputs(cfg, kind, precision, hidden.device)
@@ -127,7 +132,11 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     is_top1 = torch.empty(n if opts.return_is_top1 else 0, device=dev, dtype=torch.uint8)
     if cfg.poison:
         is_top1.fill_(255)
-    extras = (log_sum_sq, mean_logits, is_top1.view(torch.bool))
+    row_max = _empty(n if row_argmax else 0, dev, f32, cfg.poison)
+    argmax = torch.empty(n if row_argmax else 0, device=dev, dtype=torch.int32)
+    if cfg.poison:
+        argmax.fill_(-(2**31))
+    extras = (log_sum_sq, mean_logits, is_top1.view(torch.bool), row_max, argmax)
     if n == 0:
         return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale, *extras
 
@@ -141,7 +150,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     part = _empty((3 + opts.return_log_sum_sq_probs + opts.return_mean_logits, splits, n), dev, f32, cfg.poison)
     part_q = part[3] if opts.return_log_sum_sq_probs else part[0]  # m, s, t, then q and sum z when asked
     part_sz = part[-1] if opts.return_mean_logits else part[0]
-    part_arg = torch.empty((splits, n) if opts.return_is_top1 else 1, device=dev, dtype=torch.int32)
+    part_arg = torch.empty((splits, n) if track_arg else 1, device=dev, dtype=torch.int32)
     if cfg.poison:
         part_arg.fill_(-(2**31))
     part_acc = _empty((splits, n, h) if accumulate_softmax_w else 1, dev, f32, cfg.poison)
@@ -160,7 +169,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         **transform_args(opts), HAS_BIAS=bias is not None, HAS_SOFTMAX_W=accumulate_softmax_w,
         HAS_ENTROPY=opts.return_entropy, DOT_DTYPE=_dot_dtype(compute_dtype),
         part_q_ptr=part_q, part_sz_ptr=part_sz, part_arg_ptr=part_arg, HAS_LOG_SUM_SQ=opts.return_log_sum_sq_probs,
-        HAS_MEAN_LOGITS=opts.return_mean_logits, HAS_IS_TOP1=opts.return_is_top1,
+        HAS_MEAN_LOGITS=opts.return_mean_logits, HAS_IS_TOP1=track_arg,
     )  # fmt: skip
     x_desc, w_desc = _descriptors(cfg, hidden, weight, compute_dtype)
     linear_logprobs_fwd_kernel[(row_blocks * splits,)](
@@ -179,7 +188,9 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
         log_sum_sq_ptr=log_sum_sq if opts.return_log_sum_sq_probs else logp,
         mean_logits_ptr=mean_logits if opts.return_mean_logits else logp,
         is_top1_ptr=is_top1 if opts.return_is_top1 else logp,
-        SPLITS=splits, ignore_index=opts.ignore_index, **common,
+        row_max_ptr=row_max if row_argmax else logp, argmax_ptr=argmax if row_argmax else logp,
+        SPLITS=splits, ignore_index=opts.ignore_index, **{**common, "HAS_IS_TOP1": opts.return_is_top1},
+        HAS_ROW_ARGMAX=row_argmax,
         BLOCK_N=combine.block_n, BLOCK_K=combine.block_k, num_warps=combine.num_warps,
         enable_fp_fusion=combine.enable_fp_fusion, **combine.amd_options(),
     )  # fmt: skip

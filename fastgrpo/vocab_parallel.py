@@ -11,10 +11,12 @@ rank r's slice and ``z = cat(z_0, ..., z_{n-1})``::
     entropy = lse - sum_r w_r * mean_r                               # = -(softmax(z) * log_softmax(z)).sum()
     log_sum_sq_probs = logsumexp(stack(lse2_r)) - 2 * lse            # lse2_r = logsumexp(2 z_r), when asked
     mean_logits = sum_r sum(z_r) / V                                 # when asked
+    is_top1 = arg_r* == target   with r* the first r where max_r == max(stack(max_r)), arg_r = z_r.argmax() + start_r
 
 Each shard statistic comes from the shard's own fused outputs (``lse2_r = log_sum_sq_probs_r + 2 lse_r``,
-``sum(z_r) = mean_logits_r * V_r``). ``is_top1`` needs each shard's maximum, which the fused op does not return:
-it is refused under TP.
+``sum(z_r) = mean_logits_r * V_r``; ``max_r`` and ``arg_r`` from the op's row max and first argmax, asked only for
+is_top1). Shards are in vocabulary order, so taking the first shard that holds the maximum keeps trl's tie rule: the
+lowest column wins. ``arg_r`` travels in the statistics' float dtype, exact for vocabularies under 2^24 (fp32).
 
 The backward is the fused backward of each slice, run with the combined ``lse`` and ``entropy`` (its softmax is then
 the global one): it yields that slice's dW (and db) and a partial dHidden, summed over the group by one all-reduce.
@@ -38,7 +40,13 @@ _LSE, _ZT = 0, 1
 
 
 def _columns(opts: LogProbOptions) -> dict[str, int]:
-    asked = [("mean", opts.return_entropy), ("lse2", opts.return_log_sum_sq_probs), ("sum", opts.return_mean_logits)]
+    asked = [
+        ("mean", opts.return_entropy),
+        ("lse2", opts.return_log_sum_sq_probs),
+        ("sum", opts.return_mean_logits),
+        ("max", opts.return_is_top1),
+        ("arg", opts.return_is_top1),
+    ]
     names = ["lse", "z_t"] + [name for name, flag in asked if flag]
     return {name: i for i, name in enumerate(names)}
 
@@ -70,8 +78,8 @@ def shard_statistics(
     local, owned = shard_targets(targets, vocab_start, weight.shape[0])
     clamped = local.clamp(max=weight.shape[0] - 1)
     shard_opts = _shard_options(opts, opts.return_entropy)
-    logp, entropy, lse, _, _, log_sum_sq, mean_logits, _ = logprobs_forward(
-        hidden, weight, bias, clamped, shard_opts, False, compute_dtype, backend
+    logp, entropy, lse, _, _, log_sum_sq, mean_logits, _, row_max, argmax = logprobs_forward(
+        hidden, weight, bias, clamped, shard_opts, False, compute_dtype, backend, return_row_argmax=opts.return_is_top1
     )
     columns = [lse, torch.where(owned, logp + lse, torch.zeros_like(lse))]
     if opts.return_entropy:
@@ -80,6 +88,8 @@ def shard_statistics(
         columns.append(log_sum_sq + 2 * lse)
     if opts.return_mean_logits:
         columns.append(mean_logits * weight.shape[0])
+    if opts.return_is_top1:
+        columns += [row_max, (argmax.long() + vocab_start).to(lse.dtype)]
     return torch.stack(columns, dim=1)
 
 
@@ -89,8 +99,9 @@ def combine_statistics(
     opts: LogProbOptions,
     vocab_size: int,
 ) -> tuple[torch.Tensor, ...]:
-    """(logp, entropy, log_sum_sq_probs, mean_logits, lse, entropy for the backward): each output empty unless asked,
-    0 at ``ignore_index``. Reductions over shards run in a fixed order, so every rank computes the same bits."""
+    """(logp, entropy, log_sum_sq_probs, mean_logits, is_top1, lse, entropy for the backward): each output empty
+    unless asked, 0 (False) at ``ignore_index``. Reductions over shards run in a fixed order, so every rank computes
+    the same bits."""
     col = _columns(opts)
     lse = torch.logsumexp(stats[:, :, _LSE], dim=0)
     z_t = stats[:, :, _ZT].sum(0)  # one owner per row; the other shards add exact zeros
@@ -98,6 +109,7 @@ def combine_statistics(
     zero, empty = torch.zeros_like(lse), lse.new_zeros(0)
     logp = torch.where(valid, z_t - lse, zero)
     entropy = full_entropy = log_sum_sq = mean_logits = empty
+    is_top1 = torch.zeros(0, dtype=torch.bool, device=lse.device)
     if opts.return_entropy:
         weights = torch.exp(stats[:, :, _LSE] - lse)
         full_entropy = lse - (weights * stats[:, :, col["mean"]]).sum(0)
@@ -106,7 +118,13 @@ def combine_statistics(
         log_sum_sq = torch.where(valid, torch.logsumexp(stats[:, :, col["lse2"]], dim=0) - 2 * lse, zero)
     if opts.return_mean_logits:
         mean_logits = torch.where(valid, stats[:, :, col["sum"]].sum(0) / vocab_size, zero)
-    return logp, entropy, log_sum_sq, mean_logits, lse, full_entropy
+    if opts.return_is_top1:
+        shard_max = stats[:, :, col["max"]]  # [shards, N]
+        holds = shard_max == shard_max.amax(0)  # the shards holding the row's maximum
+        first = holds.int().argmax(0, keepdim=True)  # the first of them (argmax returns the first maximal index)
+        arg = stats[:, :, col["arg"]].gather(0, first).squeeze(0).long()
+        is_top1 = valid & (arg == targets.long())
+    return logp, entropy, log_sum_sq, mean_logits, is_top1, lse, full_entropy
 
 
 def shard_backward(
@@ -149,6 +167,11 @@ def shard_backward(
     )
 
 
+def _exact_index_limit(compute_dtype: torch.dtype) -> int:
+    """The largest column id the statistics' float dtype holds exactly (2^24 in fp32, 2^53 in fp64)."""
+    return int(2 / torch.finfo(acc_dtype(compute_dtype)).eps)
+
+
 def _all_gather(stats: torch.Tensor, group: Any) -> torch.Tensor:
     import torch.distributed as dist
 
@@ -166,7 +189,7 @@ class VocabParallelLogProbsFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         stats = shard_statistics(hidden, weight, bias, targets, vocab_start, opts, compute_dtype, backend)
         gathered = _all_gather(stats, group)
-        logp, entropy, log_sum_sq, mean_logits, lse, full_entropy = combine_statistics(
+        logp, entropy, log_sum_sq, mean_logits, is_top1, lse, full_entropy = combine_statistics(
             gathered, targets, opts, vocab_size
         )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, full_entropy)
@@ -177,8 +200,8 @@ class VocabParallelLogProbsFunction(torch.autograd.Function):
             compute_dtype,
             backend,
         )
-        ctx.mark_non_differentiable(targets, log_sum_sq, mean_logits)
-        return logp, entropy, log_sum_sq, mean_logits
+        ctx.mark_non_differentiable(targets, log_sum_sq, mean_logits, is_top1)
+        return logp, entropy, log_sum_sq, mean_logits, is_top1
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy, *_non_differentiable):
@@ -231,15 +254,18 @@ def vocab_parallel_linear_logprobs(
     result is the same on every rank. Gradients: this rank's dW/db slice, and the full dHidden (all-reduced).
     """
     opts = options or LogProbOptions()
-    if opts.return_is_top1:
-        raise NotImplementedError(
-            "return_is_top1 under tensor parallelism: it needs each vocabulary shard's maximum, which the fused op "
-            "does not return; log_sum_sq_probs and mean_logits are supported"
-        )
     check_linear_logprobs_inputs(hidden, weight, torch.zeros_like(targets), bias, opts.ignore_index)
     if not 0 <= vocab_start <= vocab_size - weight.shape[0]:
         raise ValueError(
             f"vocab_start={vocab_start} with {weight.shape[0]} local rows does not fit vocab_size={vocab_size}"
+        )
+    impl = resolve_backend(backend, hidden.device)
+    compute_dtype = compute_dtype_for(hidden, weight)
+    if opts.return_is_top1 and vocab_size > _exact_index_limit(compute_dtype):
+        raise ValueError(
+            f"return_is_top1 under tensor parallelism carries column ids in the statistics' "
+            f"{acc_dtype(compute_dtype)}: vocab_size={vocab_size} exceeds {_exact_index_limit(compute_dtype)}, "
+            "the largest it holds exactly"
         )
     if targets.numel() > 0 and not torch.compiler.is_compiling():
         bad = (targets != opts.ignore_index) & ((targets < 0) | (targets >= vocab_size))
@@ -248,8 +274,6 @@ def vocab_parallel_linear_logprobs(
                 f"targets must be in [0, vocab_size={vocab_size}) or ignore_index={opts.ignore_index}; "
                 f"found {targets[bad][0].item()}"
             )
-    impl = resolve_backend(backend, hidden.device)
-    compute_dtype = compute_dtype_for(hidden, weight)
     lead = hidden.shape[:-1]
     outs = VocabParallelLogProbsFunction.apply(
         hidden.reshape(-1, hidden.shape[-1]),
@@ -263,5 +287,5 @@ def vocab_parallel_linear_logprobs(
         compute_dtype,
         impl,
     )
-    flags = (True, opts.return_entropy, opts.return_log_sum_sq_probs, opts.return_mean_logits)
-    return LogProbs(*(t.view(lead) if flag else None for t, flag in zip(outs, flags)), None)
+    flags = (True, opts.return_entropy, opts.return_log_sum_sq_probs, opts.return_mean_logits, opts.return_is_top1)
+    return LogProbs(*(t.view(lead) if flag else None for t, flag in zip(outs, flags)))

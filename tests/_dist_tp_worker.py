@@ -33,6 +33,9 @@ TP_RUNS = (
 EXTRA_RUNS = (("stock-seeded", "v4096", "stock-seeded"),)
 # One-process references: (model variant, trainer).
 SINGLE_RUNS = (("v4096", "fast"), ("v4096-tied", "fast"))
+# SFT and DPO under patch_trl(): their heads ask for is_top1 (trl's mean_token_accuracy / reward accuracies), which the
+# vocab-parallel head combines from each shard's row max and first argmax. Run under TP and in one process alike.
+TRAINER_WIDE_RUNS = ("sft", "dpo")
 MODEL_VARIANTS = {
     "v4096": {"vocab_size": 4096},
     "v4096-tied": {"vocab_size": 4096, "tie_word_embeddings": True},
@@ -185,31 +188,42 @@ def _op_checks(out: Path) -> None:
             err["bias_grad"] = (local - br.grad[lo : lo + local.shape[0]]).abs().max().item()
         results[name] = err
 
-    # The trainer-wide head's form (a tuple of output names): the extra outputs against float64; is_top1 refused.
-    from fastgrpo.reference import reference_all_outputs
+    # The trainer-wide head's form (a tuple of output names): every output against float64 on the whole head.
+    from _lp_helpers import tie_case
+
+    from fastgrpo.reference import reference_all_outputs, reference_logits
 
     g = torch.Generator().manual_seed(4)
     hidden = torch.randn(13, 24, generator=g, dtype=torch.float64)
     weight = torch.randn(999, 24, generator=g, dtype=torch.float64)
-    targets = torch.randint(0, 999, (13,), generator=g)
-    targets[0] = -100
     config = FusedHeadConfig(backend="torch", temperature=0.8, softcap=4.0)
-    wd = distribute_tensor(weight, mesh, [Shard(0)])
-    want = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits")
-    got = vocab_parallel_projection(wd, None)(hidden, wd, None, targets, config, want)  # type: ignore[misc]
     opts = LogProbOptions(
-        temperature=0.8, softcap=4.0, return_entropy=True, return_log_sum_sq_probs=True, return_mean_logits=True
+        temperature=0.8,
+        softcap=4.0,
+        return_entropy=True,
+        return_log_sum_sq_probs=True,
+        return_mean_logits=True,
+        return_is_top1=True,
     )
+    top2 = reference_logits(hidden, weight, None, opts).topk(2, dim=-1).indices
+    targets = torch.randint(0, 999, (13,), generator=g)
+    targets[::3] = top2[::3, 0]  # rows whose target is the argmax (a third), else is_top1 is almost never True
+    targets[1::3] = top2[1::3, 1]  # and the runner-up
+    targets[0] = -100
+    wd = distribute_tensor(weight, mesh, [Shard(0)])
+    want = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    got = vocab_parallel_projection(wd, None)(hidden, wd, None, targets, config, want)  # type: ignore[misc]
     ref = reference_all_outputs(hidden, weight, targets, None, opts)
-    results["extras"] = {
-        name: (x - r).abs().max().item() for name, x, r in zip(want, got, ref) if x is not None and r is not None
-    }
-    results["extras"]["is_top1_none"] = got[4] is None
-    try:
-        vocab_parallel_projection(wd, None)(hidden, wd, None, targets, config, ("log_probs", "is_top1"))  # type: ignore[misc]
-        results["extras"]["is_top1_error"] = None
-    except NotImplementedError as e:
-        results["extras"]["is_top1_error"] = str(e)
+    results["extras"] = {name: (x - r).abs().max().item() for name, x, r in zip(want[:4], got, ref)}
+    results["extras"]["is_top1_equal"] = torch.equal(got[4], ref.is_top1)
+    results["extras"]["is_top1_true"] = int(ref.is_top1.sum())
+    # exact ties (logits small integers / 16): at the shard edge (rows 499 | 500 of 999) and across the two shards
+    for name, cols in (("tie_at_the_edge", (499, 500)), ("tie_across_shards", (10, 900))):
+        th, tw = tie_case(6, 40, 999, cols, dtype=torch.float64)
+        tt = torch.tensor([cols[0], cols[1], 498, -100, cols[0], 0])
+        twd = distribute_tensor(tw, mesh, [Shard(0)])
+        top1 = vocab_parallel_projection(twd, None)(th, twd, None, tt, config, ("log_probs", "is_top1"))[4]  # type: ignore[misc]
+        results["extras"][name] = top1.tolist()
 
     # Meshes: a 2-D (1, 2) mesh, replicated over a data-parallel dim (supported) or also FSDP-sharded (refused); a
     # 1-D FSDP-named mesh keeps the gather path.
@@ -335,6 +349,58 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def _train_trainer_wide(kind: str, models_dir: Path, out: Path, tp: bool) -> None:
+    """2 SGD steps of trl's SFTTrainer / DPOTrainer under ``patch_trl()``: logs (accuracy and entropy metrics come
+    from is_top1 / entropy), weights, and what the head allocated."""
+    import torch
+    import trl
+    from _sft_dpo_data import dpo_config, dpo_dataset, sft_config, sft_dataset
+    from accelerate.state import AcceleratorState
+    from torch.distributed.tensor import DTensor
+
+    import fastgrpo
+
+    model_kwargs: dict[str, Any] = {"dtype": torch.float32, **({"tp_plan": "auto"} if tp else {})}
+    common = dict(
+        max_steps=2,
+        per_device_train_batch_size=2,
+        max_length=24,  # 2 x 24 tokens: the torch path's [tokens, V / 2] logits stay under the recorder's V * H
+        model_init_kwargs=model_kwargs,
+        max_grad_norm=0.0,  # as the GRPO runs: TP's own gradient-norm error is not the head's
+        ddp_backend="gloo" if tp else None,
+    )
+    run_dir = str(out / f"run-{kind}-{'tp' if tp else 'single'}")
+    if kind == "sft":
+        cls, args, data = trl.SFTTrainer, sft_config(run_dir, **common), sft_dataset(8)
+    else:
+        cls, args, data = trl.DPOTrainer, dpo_config(run_dir, **common), dpo_dataset(8)
+    fastgrpo.patch_trl(backend="torch")
+    try:
+        trainer = cls(model=str(models_dir / "v4096"), args=args, train_dataset=data)
+        weight = trainer.model.get_output_embeddings().weight
+        rec = BigTensorRecorder(weight.shape[0] * weight.shape[1])
+        calls = _count_full_tensor()
+        with rec:
+            trainer.train()
+        full_tensor_shapes = calls.close()
+    finally:
+        fastgrpo.unpatch_trl()
+    weights = {
+        k: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+        for k, p in trainer.model.named_parameters()
+    }
+    facts = {
+        "head_dtensor": isinstance(weight, DTensor),
+        "big_tensors": rec.hits,
+        "full_tensor_shapes": full_tensor_shapes,
+    }
+    if _rank() == 0:
+        record = {"logs": trainer.state.log_history, "weights": weights, "facts": facts}
+        torch.save(record, out / f"{kind}-{'tp' if tp else 'single'}.pt")
+    del trainer
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
 class _count_full_tensor:  # noqa: N801 - used like a function
     def __init__(self) -> None:
         from torch.distributed.tensor import DTensor
@@ -378,6 +444,9 @@ def main() -> None:
             run = f"single-{trainer_name}-{variant}"
             if only is None or run in only:
                 _train(run, variant, trainer_name, models_dir, out, tp=False)
+        for kind in TRAINER_WIDE_RUNS:
+            if only is None or f"{kind}-single" in only:
+                _train_trainer_wide(kind, models_dir, out, tp=False)
         return
     import _dist_tp_cpu
     import torch.distributed as dist
@@ -389,6 +458,9 @@ def main() -> None:
     for run, variant, trainer_name in TP_RUNS + EXTRA_RUNS:
         if (only is None and (run, variant, trainer_name) in TP_RUNS) or (only is not None and run in only):
             _train(run, variant, trainer_name, models_dir, out, tp=True)
+    for kind in TRAINER_WIDE_RUNS:
+        if only is None or f"{kind}-tp" in only:
+            _train_trainer_wide(kind, models_dir, out, tp=True)
 
 
 if __name__ == "__main__":

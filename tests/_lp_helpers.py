@@ -65,3 +65,15 @@ def kernel_overrides(backend: str, **fields):
     defaults.update(fields)
     with launch_config.override(**defaults):
         yield
+
+
+def tie_case(n: int, h: int, v: int, tied: tuple[int, ...], dtype=torch.float32):
+    """Inputs whose logits are exact in fp32 (small integers times 1/16, sums far below 2^24), so equal weight rows
+    give bit-equal logits however the dot products are ordered. The rows ``tied`` are equal and are every token's
+    strict maximum: x >= 0 with a nonzero sum, tied rows 3/16 everywhere, the other rows in [-2, 2] / 16."""
+    g = torch.Generator().manual_seed(1234)
+    hidden = torch.randint(0, 3, (n, h), generator=g).double()
+    hidden[:, 0] = 1.0  # sum(x) > 0 on every row: the tied rows are the unique maximum
+    weight = torch.randint(-2, 3, (v, h), generator=g).double() / 16
+    weight[list(tied)] = 3.0 / 16
+    return hidden.to(dtype), weight.to(dtype)

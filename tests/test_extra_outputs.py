@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from _lp_helpers import AWKWARD, OPTION_CASES, kernel_overrides, make_case, rel_err
+from _lp_helpers import AWKWARD, OPTION_CASES, kernel_overrides, make_case, rel_err, tie_case
 
 import fastgrpo
 from fastgrpo.options import LogProbOptions
@@ -118,18 +118,6 @@ def test_float64_torch_path_is_exact():
     assert torch.equal(out.is_top1, ref.is_top1)
 
 
-def _tie_case(n: int, h: int, v: int, tied: tuple[int, ...], dtype=torch.float32):
-    """Inputs whose logits are exact in fp32 (small integers times 1/16, sums far below 2^24), so equal weight rows
-    give bit-equal logits however the dot products are ordered. The rows ``tied`` are equal and are every token's
-    strict maximum: x >= 0 with a nonzero sum, tied rows 3/16 everywhere, the other rows in [-2, 2] / 16."""
-    g = torch.Generator().manual_seed(1234)
-    hidden = torch.randint(0, 3, (n, h), generator=g).double()
-    hidden[:, 0] = 1.0  # sum(x) > 0 on every row: the tied rows are the unique maximum
-    weight = torch.randint(-2, 3, (v, h), generator=g).double() / 16
-    weight[list(tied)] = 3.0 / 16
-    return hidden.to(dtype), weight.to(dtype)
-
-
 TIES = {
     "in_one_tile": (40, 45),
     "across_a_tile_edge": (31, 32),
@@ -149,7 +137,7 @@ def test_is_top1_ties_go_to_the_lowest_index(backend, splits, tie, opt_name):
     tile edge is a split edge)."""
     cols = TIES[tie]
     opts = dataclasses.replace(OPTION_CASES[opt_name], **ALL)
-    hidden, weight = _tie_case(9, 40, 301, cols)
+    hidden, weight = tie_case(9, 40, 301, cols)
     first, later = cols[0], cols[-1]
     not_max_before = 1 if first > 1 else 150  # a column that is not a maximum
     targets = torch.tensor([first, later, not_max_before, first, -100, cols[1], first, later, 299])

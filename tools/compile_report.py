@@ -105,8 +105,9 @@ _UNIT_STRIDES = {"stride_xh", "stride_wh"}
 _DIV16_INTS = {"H", "V", "v_per_split", "stride_xn", "stride_wv", "stride_dyn", "stride_dbn", "c0"}
 # The forward's optional per-token outputs besides entropy: compiled on (fastgrpo_kernels.linear_logprobs_fwd).
 # Pointers to other than fp32 / operand data, as a launch passes them.
-_INDEX_PTRS = {"tgt_ptr": "*i64", "part_arg_ptr": "*i32", "is_top1_ptr": "*u8"}
-_OUTPUT_FLAGS = ("HAS_LOG_SUM_SQ", "HAS_MEAN_LOGITS", "HAS_IS_TOP1")
+_INDEX_PTRS = {"tgt_ptr": "*i64", "part_arg_ptr": "*i32", "is_top1_ptr": "*u8", "argmax_ptr": "*i32"}
+# HAS_ROW_ARGMAX: the combine's row max / first argmax, which a vocabulary shard exchanges under TP.
+_OUTPUT_FLAGS = ("HAS_LOG_SUM_SQ", "HAS_MEAN_LOGITS", "HAS_IS_TOP1", "HAS_ROW_ARGMAX")
 _KERNELS = {
     "fwd": linear_logprobs_fwd_kernel,
     "fwd_softmax_w": linear_logprobs_fwd_kernel,

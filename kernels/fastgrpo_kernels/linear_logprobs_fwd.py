@@ -8,6 +8,7 @@ Math (per row, ``z`` the transformed logits, see ``fastgrpo.linear_logprobs``)::
     log_sum_sq_probs = logsumexp(2 * z) - 2 * lse # only with HAS_LOG_SUM_SQ
     mean_logits = z.sum() / V                     # only with HAS_MEAN_LOGITS
     is_top1 = z.argmax() == target                # first maximum, from the tiles' own values; only with HAS_IS_TOP1
+    row_max, argmax = z.max(), z.argmax()         # every row, only with HAS_ROW_ARGMAX (a vocabulary shard's part)
 
 ``linear_logprobs_fwd_kernel`` runs one program per (row block, vocabulary split), in grouped order (GROUP_N row
 blocks x all splits run together: their X blocks and the splits' current weight tiles stay in L2). The splits give
@@ -320,6 +321,8 @@ def combine_splits_kernel(
     log_sum_sq_ptr,  # [N] fp32, only with HAS_LOG_SUM_SQ
     mean_logits_ptr,  # [N] fp32, only with HAS_MEAN_LOGITS
     is_top1_ptr,  # [N] int8 (a torch.bool tensor's bytes), only with HAS_IS_TOP1
+    row_max_ptr,  # [N] fp32 max z, only with HAS_ROW_ARGMAX
+    argmax_ptr,  # [N] int32 first column of the max, only with HAS_ROW_ARGMAX
     N,
     H,
     V,
@@ -337,6 +340,7 @@ def combine_splits_kernel(
     HAS_LOG_SUM_SQ: tl.constexpr,
     HAS_MEAN_LOGITS: tl.constexpr,
     HAS_IS_TOP1: tl.constexpr,
+    HAS_ROW_ARGMAX: tl.constexpr,  # store m_all and arg (the forward kernel ran with HAS_IS_TOP1 to track arg)
     DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -347,7 +351,7 @@ def combine_splits_kernel(
     rows64 = rows.to(tl.int64)
     m_all, s, t, q, sz, arg = merge_split_statistics(
         part_m_ptr, part_s_ptr, part_t_ptr, part_q_ptr, part_sz_ptr, part_arg_ptr, rows64, row_mask, N, SPLITS,
-        HAS_LOG_SUM_SQ, HAS_MEAN_LOGITS, HAS_IS_TOP1, BLOCK_N,
+        HAS_LOG_SUM_SQ, HAS_MEAN_LOGITS, HAS_IS_TOP1 or HAS_ROW_ARGMAX, BLOCK_N,
     )  # fmt: skip
     log_s = tl.log(s)
     lse = m_all + log_s
@@ -378,6 +382,9 @@ def combine_splits_kernel(
         tl.store(mean_logits_ptr + rows64, tl.where(valid, sz / V, 0.0), mask=row_mask)
     if HAS_IS_TOP1:
         tl.store(is_top1_ptr + rows64, (valid & (arg.to(tl.int64) == tgt.to(tl.int64))).to(tl.int8), mask=row_mask)
+    if HAS_ROW_ARGMAX:
+        tl.store(row_max_ptr + rows64, m_all, mask=row_mask)
+        tl.store(argmax_ptr + rows64, arg, mask=row_mask)
     if HAS_SOFTMAX_W:
         tl.store(target_scale_ptr + rows64, a_t, mask=row_mask)
         for k0 in range(0, H, BLOCK_K):
