@@ -14,6 +14,7 @@ trains FastGRPOTrainer in one process on the same models: the references. Rank 0
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -27,12 +28,18 @@ TP_RUNS = (
     ("patched", "v4096", "patched"),
     ("stock", "v4096", "stock"),
     ("fast-tied", "v4096-tied", "fast"),
+    ("rloo-patched", "v4096", "rloo-patched"),  # trl's RLOOTrainer under patch_trl(): its head and its reseed
+)
+# base_config's settings an RLOOConfig takes as they are (RLOO has no loss_type / entropy_coef).
+_RLOO_SETTINGS = (
+    *("max_completion_length", "optim", "learning_rate", "logging_steps", "bf16", "use_cpu", "report_to"),
+    *("save_strategy", "seed", "beta", "temperature", "disable_tqdm"),
 )
 # Not in CI, on request (the optional RUNS argument): stock trl reseeded as fastgrpo reseeds, to measure what the TP
 # backbone alone contributes to the difference from one process.
 EXTRA_RUNS = (("stock-seeded", "v4096", "stock-seeded"),)
 # One-process references: (model variant, trainer).
-SINGLE_RUNS = (("v4096", "fast"), ("v4096-tied", "fast"))
+SINGLE_RUNS = (("v4096", "fast"), ("v4096-tied", "fast"), ("v4096", "rloo-patched"))
 # SFT and DPO under patch_trl(): their heads ask for is_top1 (trl's mean_token_accuracy / reward accuracies), which the
 # vocab-parallel head combines from each shard's row max and first argmax. Run under TP and in one process alike.
 TRAINER_WIDE_RUNS = ("sft", "dpo")
@@ -272,14 +279,11 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
     model_kwargs: dict[str, Any] = {"dtype": torch.float32}
     if tp:
         model_kwargs["tp_plan"] = "auto"
-    args = base_config(
-        str(out / f"run-{run}"),
-        loss_type="dapo",
+    shared: dict[str, Any] = dict(
         max_steps=2,
         per_device_train_batch_size=4,
         num_generations=4,
         model_init_kwargs=model_kwargs,
-        entropy_coef=0.01,
         # No clipping: under TP the clipped norm differs from one process's by ~1.6e-5 relative (stock trl too),
         # which moves every weight by that fraction of its update; the head's own error is what is measured here.
         max_grad_norm=float(os.environ.get("FASTGRPO_TP_MAX_GRAD_NORM", "0")),
@@ -287,9 +291,19 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
     )
     extra: dict[str, Any] = {}
     cls = GRPOTrainer
+    if trainer_name == "rloo-patched":
+        from trl import RLOOConfig, RLOOTrainer
+
+        grpo = base_config(str(out / f"run-{run}"), **shared).to_dict()  # the same settings, RLOO's fields only
+        fields = {f.name for f in dataclasses.fields(RLOOConfig) if f.init}
+        args = RLOOConfig(**{k: grpo[k] for k in ("output_dir", *_RLOO_SETTINGS)}, **shared)
+        assert set(_RLOO_SETTINGS) <= fields
+        cls = RLOOTrainer
+    else:
+        args = base_config(str(out / f"run-{run}"), loss_type="dapo", entropy_coef=0.01, **shared)
     if trainer_name == "fast":
         cls, extra = FastGRPOTrainer, {"fastgrpo_backend": "torch"}
-    elif trainer_name == "patched":
+    elif trainer_name in ("patched", "rloo-patched"):
         fastgrpo.patch_trl(backend="torch")
     completions: list[list[list[int]]] = []
     try:
@@ -320,7 +334,7 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
             trainer.train()
         full_tensor_shapes = calls.close()
     finally:
-        if trainer_name == "patched":
+        if trainer_name in ("patched", "rloo-patched"):
             fastgrpo.unpatch_trl()
     facts = {
         "head_dtensor": isinstance(weight, DTensor),

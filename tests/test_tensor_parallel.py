@@ -126,6 +126,7 @@ TRAIN_CASES = {  # TP run -> its one-process reference
     "fast": "single-fast-v4096",
     "patched": "single-fast-v4096",
     "fast-tied": "single-fast-v4096-tied",
+    "rloo-patched": "single-rloo-patched-v4096",
 }
 
 

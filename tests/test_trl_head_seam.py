@@ -223,6 +223,32 @@ def test_patch_replaces_the_name_in_every_trainer_module_and_unpatch_restores_it
     assert patched_trainers() == []
 
 
+def test_rloo_init_reseeds_under_tp_while_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """patch_trl() wraps RLOOTrainer.__init__ (trl seeds per process at its end) so that it reseeds per data-parallel
+    rank afterwards; unpatch_trl() restores trl's __init__. Training under TP: tests/test_tensor_parallel.py."""
+    from trl.trainer.rloo_trainer import RLOOTrainer
+
+    import fastgrpo.integration.tensor_parallel as tensor_parallel
+
+    original = RLOOTrainer.__dict__["__init__"]
+    calls: list[str] = []
+    monkeypatch.setattr(tensor_parallel, "seed_generation", lambda trainer: calls.append(trainer.order[-1]))
+    fastgrpo.patch_trl(backend="torch")
+    fastgrpo.patch_trl(backend="torch")  # idempotent: wrapped once
+    wrapped = RLOOTrainer.__dict__["__init__"]
+    assert wrapped is not original and wrapped.__wrapped__ is original
+
+    def fake_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        self.order = ["trl's __init__ (seeds per process last)"]
+
+    from fastgrpo.integration.trl_head import _reseeding_init
+
+    _reseeding_init(fake_init)(types.SimpleNamespace())
+    assert calls == ["trl's __init__ (seeds per process last)"]  # the reseed ran after trl's __init__ finished
+    fastgrpo.unpatch_trl()
+    assert RLOOTrainer.__dict__["__init__"] is original
+
+
 def test_stand_in_puts_fastgrpo_on_trls_head_and_unpatch_takes_it_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,12 @@ loss stays the trainer's own. trl's head underneath is what makes the seam rever
   folds: :data:`.fingerprints.HEAD_FUNCTIONS`) differs from the verified release's, fastgrpo's head is not installed:
   trl's own head runs in every trainer, and one WARNING names the functions that differ.
 
+Generation seeds under tensor parallelism: ``RLOOTrainer`` seeds every process differently at the end of its
+``__init__`` (``set_seed(seed, device_specific=True)``), so TP ranks would sample different completions. The trainers
+of :data:`RESEEDED` get an ``__init__`` that reseeds per data-parallel rank afterwards
+(:func:`.tensor_parallel.seed_generation`, a no-op without TP), as ``GRPOTrainer``'s patch does; restored by
+``unpatch_trl()``. (The async GRPO trainer seeds alike on every process and samples with vLLM.)
+
 ``GRPOTrainer`` is not in :data:`HEAD_MODULES`: ``patch_trl()`` patches its class (:mod:`.trainer`), which installs the
 same head on the policy and reference models and also owns the loss. Trainers built before ``patch_trl()`` keep trl's
 head: they built it at construction, when the name was still trl's.
@@ -39,8 +45,10 @@ HEAD_MODULES: dict[str, str] = {
     "trl.trainer.rloo_trainer": "RLOOTrainer",
     "trl.experimental.async_grpo.async_grpo_trainer": "AsyncGRPOTrainer",
 }
+# Trainers that generate with per-process seeds: their __init__ is wrapped to reseed per data-parallel rank under TP.
+RESEEDED = ("RLOOTrainer",)
 _NAME = "add_fused_lm_head"
-_state: dict[str, Any] = {"originals": {}, "backend": None}
+_state: dict[str, Any] = {"originals": {}, "backend": None, "inits": {}}
 # Models whose fastgrpo head a patched trainer module installed: unpatch_trl() takes it off again.
 _models: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -114,8 +122,25 @@ def patch_heads(backend: str | None) -> list[str]:
             continue
         _state["originals"][module_name] = current
         setattr(module, _NAME, _stand_in(trainer, current))
+        if trainer in RESEEDED:
+            cls = getattr(module, trainer)
+            _state["inits"][cls] = cls.__dict__["__init__"]
+            cls.__init__ = _reseeding_init(cls.__dict__["__init__"])
         covered.append(trainer)
     return covered
+
+
+def _reseeding_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``init``, then the TP generation reseed (see the module docstring)."""
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        from .tensor_parallel import seed_generation
+
+        seed_generation(self)
+
+    return __init__
 
 
 def unpatch_heads() -> None:
@@ -126,6 +151,9 @@ def unpatch_heads() -> None:
         if getattr(getattr(module, _NAME, None), "_fastgrpo_stand_in", False):
             setattr(module, _NAME, original)
     _state["originals"] = {}
+    for cls, init in _state["inits"].items():
+        cls.__init__ = init
+    _state["inits"] = {}
     _state["backend"] = None
     for model in list(_models):
         uninstall_fused_head(model)
