@@ -111,7 +111,7 @@ def _launch_shape(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: tor
     )
 
 
-def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w, row_argmax):
+def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate_softmax_w, row_argmax=False):
     track_arg = opts.return_is_top1 or row_argmax  # the forward kernel tracks each split's first argmax
     # The outputs' registers: smaller tiles where the table's spill (arch_configs.OUTPUT_TILES)
     if opts.has_extras or row_argmax:
