@@ -61,9 +61,13 @@ def _descriptors(cfg: configs.KernelConfig, hidden: torch.Tensor, weight: torch.
     return tma.descriptors(hidden, weight, cfg.block_n, cfg.block_v, cfg.block_k, exact_fp32)
 
 
+# Poison for integer outputs: a value no kernel write leaves (is_top1 bytes are 0 / 1, columns are >= 0); floats: NaN.
+_INT_POISON = {torch.uint8: 255, torch.int32: -(2**31)}
+
+
 def _empty(shape, device, dtype, poison: bool) -> torch.Tensor:
     t = torch.empty(shape, device=device, dtype=dtype)
-    return t.fill_(float("nan")) if poison and t.numel() else t
+    return t.fill_(_INT_POISON.get(dtype, float("nan"))) if poison and t.numel() else t
 
 
 def forward(
@@ -129,13 +133,9 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     log_sum_sq = _empty(n if opts.return_log_sum_sq_probs else 0, dev, f32, cfg.poison)
     mean_logits = _empty(n if opts.return_mean_logits else 0, dev, f32, cfg.poison)
     # is_top1: the kernel writes 0 / 1 bytes, returned as a bool view; poisoned with 255, which no write leaves
-    is_top1 = torch.empty(n if opts.return_is_top1 else 0, device=dev, dtype=torch.uint8)
-    if cfg.poison:
-        is_top1.fill_(255)
+    is_top1 = _empty(n if opts.return_is_top1 else 0, dev, torch.uint8, cfg.poison)
     row_max = _empty(n if row_argmax else 0, dev, f32, cfg.poison)
-    argmax = torch.empty(n if row_argmax else 0, device=dev, dtype=torch.int32)
-    if cfg.poison:
-        argmax.fill_(-(2**31))
+    argmax = _empty(n if row_argmax else 0, dev, torch.int32, cfg.poison)
     extras = (log_sum_sq, mean_logits, is_top1.view(torch.bool), row_max, argmax)
     if n == 0:
         return logp, entropy, lse, torch.empty((0, h) if accumulate_softmax_w else 0, device=dev), target_scale, *extras
@@ -150,9 +150,7 @@ def _forward(cfg, hidden, weight, bias, targets, opts, compute_dtype, accumulate
     part = _empty((3 + opts.return_log_sum_sq_probs + opts.return_mean_logits, splits, n), dev, f32, cfg.poison)
     part_q = part[3] if opts.return_log_sum_sq_probs else part[0]  # m, s, t, then q and sum z when asked
     part_sz = part[-1] if opts.return_mean_logits else part[0]
-    part_arg = torch.empty((splits, n) if track_arg else 1, device=dev, dtype=torch.int32)
-    if cfg.poison:
-        part_arg.fill_(-(2**31))
+    part_arg = _empty((splits, n) if track_arg else 1, dev, torch.int32, cfg.poison)
     part_acc = _empty((splits, n, h) if accumulate_softmax_w else 1, dev, f32, cfg.poison)
     if not accumulate_softmax_w:
         softmax_w = torch.empty(0, device=dev, dtype=f32)

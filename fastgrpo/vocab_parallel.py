@@ -29,9 +29,8 @@ from typing import Any
 import torch
 
 from .api import Backend, LogProbs, resolve_backend
-from .backward import linear_logprobs_backward
 from .checks import check_linear_logprobs_inputs, compute_dtype_for
-from .ops import _impl, logprobs_forward
+from .ops import logprobs_backward, logprobs_forward
 from .options import LogProbOptions
 from .torch_backend import acc_dtype
 
@@ -142,15 +141,15 @@ def shard_backward(
     backend: str,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(partial dHidden, this shard's dW, db): the backend's backward over the shard with the combined softmax."""
+    """(partial dHidden, this shard's dW, db), each None when not needed: the backward custom op over the shard with
+    the combined softmax (the shard's options score every row, so the global ignored rows are masked here)."""
     acc = acc_dtype(compute_dtype)
     valid = (targets != opts.ignore_index).to(acc)
     g_l = None if grad_logp is None else grad_logp.to(acc) * valid
     g_h = None if grad_entropy is None else grad_entropy.to(acc) * valid
     local, _ = shard_targets(targets, vocab_start, weight.shape[0])  # a foreign target is never hit
     empty = lse.new_zeros(0)
-    return linear_logprobs_backward(
-        _impl(backend),
+    grads = logprobs_backward(
         hidden,
         weight,
         bias,
@@ -163,8 +162,10 @@ def shard_backward(
         g_h,
         _shard_options(opts, g_h is not None).with_(return_log_sum_sq_probs=False, return_mean_logits=False),
         compute_dtype,
+        backend,
         needs,
     )
+    return tuple(g if need else None for g, need in zip(grads, needs))  # the op's empty placeholders -> None
 
 
 def _exact_index_limit(compute_dtype: torch.dtype) -> int:

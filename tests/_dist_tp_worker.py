@@ -14,7 +14,6 @@ trains FastGRPOTrainer in one process on the same models: the references. Rank 0
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -29,11 +28,6 @@ TP_RUNS = (
     ("stock", "v4096", "stock"),
     ("fast-tied", "v4096-tied", "fast"),
     ("rloo-patched", "v4096", "rloo-patched"),  # trl's RLOOTrainer under patch_trl(): its head and its reseed
-)
-# base_config's settings an RLOOConfig takes as they are (RLOO has no loss_type / entropy_coef).
-_RLOO_SETTINGS = (
-    *("max_completion_length", "optim", "learning_rate", "logging_steps", "bf16", "use_cpu", "report_to"),
-    *("save_strategy", "seed", "beta", "temperature", "disable_tqdm"),
 )
 # Not in CI, on request (the optional RUNS argument): stock trl reseeded as fastgrpo reseeds, to measure what the TP
 # backbone alone contributes to the difference from one process.
@@ -267,9 +261,8 @@ def _op_checks(out: Path) -> None:
 def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Path, tp: bool) -> None:
     import torch
     import torch.distributed as dist
-    from _parity import base_config
+    from _parity import base_config, base_kwargs
     from _tiny import id_reward, prompt_dataset
-    from accelerate.state import AcceleratorState
     from torch.distributed.tensor import DTensor
     from trl import GRPOTrainer
 
@@ -294,11 +287,7 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
     if trainer_name == "rloo-patched":
         from trl import RLOOConfig, RLOOTrainer
 
-        grpo = base_config(str(out / f"run-{run}"), **shared).to_dict()  # the same settings, RLOO's fields only
-        fields = {f.name for f in dataclasses.fields(RLOOConfig) if f.init}
-        args = RLOOConfig(**{k: grpo[k] for k in ("output_dir", *_RLOO_SETTINGS)}, **shared)
-        assert set(_RLOO_SETTINGS) <= fields
-        cls = RLOOTrainer
+        args, cls = RLOOConfig(**base_kwargs(str(out / f"run-{run}"), **shared)), RLOOTrainer  # GRPO's settings
     else:
         args = base_config(str(out / f"run-{run}"), loss_type="dapo", entropy_coef=0.01, **shared)
     if trainer_name == "fast":
@@ -348,18 +337,27 @@ def _train(run: str, variant: str, trainer_name: str, models_dir: Path, out: Pat
         "tied": trainer.model.get_input_embeddings().weight is weight,
         "seed_state": torch.initial_seed(),
     }
-    weights = {
-        k: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-        for k, p in trainer.model.named_parameters()
-    }
     all_completions = [completions]
     if tp:
         all_completions = [None] * dist.get_world_size()  # type: ignore[list-item]
         dist.all_gather_object(all_completions, completions)
+    _save_run(trainer, {"facts": facts, "completions": all_completions}, out / f"{run}.pt")
+
+
+def _save_run(trainer: Any, record: dict[str, Any], path: Path) -> None:
+    """``record`` with the run's logs and every weight whole (a TP DTensor gathered), saved by rank 0; then
+    accelerate's state is reset for the next run in this process."""
+    import torch
+    from accelerate.state import AcceleratorState
+    from torch.distributed.tensor import DTensor
+
+    record["logs"] = trainer.state.log_history
+    record["weights"] = {
+        k: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+        for k, p in trainer.model.named_parameters()
+    }
     if _rank() == 0:
-        record = {"logs": trainer.state.log_history, "weights": weights, "facts": facts, "completions": all_completions}
-        torch.save(record, out / f"{run}.pt")
-    del trainer
+        torch.save(record, path)
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
@@ -369,7 +367,6 @@ def _train_trainer_wide(kind: str, models_dir: Path, out: Path, tp: bool) -> Non
     import torch
     import trl
     from _sft_dpo_data import dpo_config, dpo_dataset, sft_config, sft_dataset
-    from accelerate.state import AcceleratorState
     from torch.distributed.tensor import DTensor
 
     import fastgrpo
@@ -399,20 +396,12 @@ def _train_trainer_wide(kind: str, models_dir: Path, out: Path, tp: bool) -> Non
         full_tensor_shapes = calls.close()
     finally:
         fastgrpo.unpatch_trl()
-    weights = {
-        k: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-        for k, p in trainer.model.named_parameters()
-    }
     facts = {
         "head_dtensor": isinstance(weight, DTensor),
         "big_tensors": rec.hits,
         "full_tensor_shapes": full_tensor_shapes,
     }
-    if _rank() == 0:
-        record = {"logs": trainer.state.log_history, "weights": weights, "facts": facts}
-        torch.save(record, out / f"{kind}-{'tp' if tp else 'single'}.pt")
-    del trainer
-    AcceleratorState._reset_state(reset_partial_state=False)
+    _save_run(trainer, {"facts": facts}, out / f"{kind}-{'tp' if tp else 'single'}.pt")
 
 
 class _count_full_tensor:  # noqa: N801 - used like a function

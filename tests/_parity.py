@@ -69,31 +69,42 @@ def tokenizer_dir() -> tuple[Path, Any]:
     return _TOKENIZER_DIR["dir"], _TOKENIZER_DIR["tok"]
 
 
-def base_config(output_dir: str, **overrides: Any) -> Any:
-    from trl import GRPOConfig
+# TrainingArguments every CPU training test shares: fp32 on CPU, a log per step, nothing saved or reported. Plain
+# SGD: Adam's g / sqrt(v) turns fp32 rounding differences in near-zero gradients into 1e-5 weight differences; SGD keeps
+# the weights' difference proportional to the gradients' difference.
+CPU_TRAINING_ARGS: dict[str, Any] = dict(
+    optim="sgd",
+    logging_steps=1,
+    bf16=False,
+    use_cpu=True,
+    report_to="none",
+    save_strategy="no",
+    seed=7,
+    disable_tqdm=True,
+)
 
+
+def base_kwargs(output_dir: str, **overrides: Any) -> dict[str, Any]:
+    """The GRPO test runs' settings (every one of them an RLOOConfig field too)."""
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
         per_device_train_batch_size=4,
         num_generations=4,
         max_completion_length=8,
         max_steps=3,
-        # Plain SGD: Adam's g / sqrt(v) turns fp32 rounding differences in near-zero gradients into 1e-5 weight
-        # differences; SGD keeps the weights' difference proportional to the gradients' difference.
-        optim="sgd",
         learning_rate=1.0,
-        logging_steps=1,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        seed=7,
         beta=0.0,
         temperature=1.0,
-        disable_tqdm=True,
+        **CPU_TRAINING_ARGS,
     )
     kwargs.update(overrides)
-    return GRPOConfig(**kwargs)
+    return kwargs
+
+
+def base_config(output_dir: str, **overrides: Any) -> Any:
+    from trl import GRPOConfig
+
+    return GRPOConfig(**base_kwargs(output_dir, **overrides))
 
 
 def make_model_dir(case: Case, root: Path) -> Path:

@@ -43,19 +43,9 @@ def dpo_dataset(n: int, prompt_words: int = 6, completion_words: int = 40, seed:
 
 def common_args(output_dir: str, **overrides: Any) -> dict[str, Any]:
     """TrainingArguments keywords shared by the SFT and DPO runs: fp32 on CPU, plain SGD, no saving."""
-    kwargs: dict[str, Any] = dict(
-        output_dir=output_dir,
-        optim="sgd",
-        learning_rate=1.0,
-        logging_steps=1,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        seed=7,
-        disable_tqdm=True,
-        dataset_num_proc=None,
-    )
+    from _parity import CPU_TRAINING_ARGS
+
+    kwargs: dict[str, Any] = dict(output_dir=output_dir, learning_rate=1.0, dataset_num_proc=None, **CPU_TRAINING_ARGS)
     kwargs.update(overrides)
     return kwargs
 

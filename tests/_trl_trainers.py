@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _parity import Case, make_model_dir
+from _parity import CPU_TRAINING_ARGS, Case, make_model_dir
 from _tiny import id_reward
 
 # Logged keys that measure time or throughput, not training.
@@ -99,19 +99,7 @@ def dataset(case: TrainerCase, path: Path) -> Any:
     return Dataset.from_dict({"prompt": prompts})
 
 
-_COMMON: dict[str, Any] = dict(
-    per_device_train_batch_size=4,
-    max_steps=3,
-    optim="sgd",
-    learning_rate=0.5,
-    logging_steps=1,
-    bf16=False,
-    use_cpu=True,
-    report_to="none",
-    save_strategy="no",
-    seed=7,
-    disable_tqdm=True,
-)
+_COMMON: dict[str, Any] = dict(per_device_train_batch_size=4, max_steps=3, learning_rate=0.5, **CPU_TRAINING_ARGS)
 
 
 def build(case: TrainerCase, root: Path) -> Any:
